@@ -1,0 +1,150 @@
+"""Shared pieces of the management commands: errors, JSON and drawing a timeline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import CommandError
+
+from steps.models import StepExecution
+
+from .models import Run, RunEvent
+
+STATUS_MARK = {
+    "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",
+    "cancelled": "⊘", "skipped": "↷", "paused": "⏸",
+}
+
+
+def parse_json_arg(value: str, what: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+
+
+def run_as_json(run: Run) -> dict[str, Any]:
+    steps = []
+    for row in StepExecution.objects.filter(run_id=run.pk).order_by("id"):
+        steps.append({
+            "name": row.key, "type": row.type, "status": row.status, "attempts": row.attempt,
+            "output": row.output, "error": _public_error(row.error),
+            "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
+        })
+    return {
+        "id": str(run.pk), "workflow": run.workflow_name, "version": run.workflow.version,
+        "status": run.status, "input": run.input, "output": run.output, "error": _public_error(run.error),
+        "created_at": _iso(run.created_at), "finished_at": _iso(run.finished_at),
+        "parent_run": str(run.parent_run_id) if run.parent_run_id else None,
+        "steps": steps,
+    }
+
+
+def _public_error(error: Any) -> Any:
+    return error
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
+    """A run's steps as bars on one time axis: ░ queued, █ running, ▒ waiting, │ retries."""
+    if color is None:
+        color = sys.stdout.isatty()
+    rows = list(StepExecution.objects.filter(run_id=run.pk).order_by("id"))
+    events = list(RunEvent.objects.filter(run_id=run.pk).order_by("id"))
+    start = run.created_at
+    end_candidates = [run.finished_at] + [r.finished_at for r in rows] + [e.created_at for e in events]
+    end = max([t for t in end_candidates if t] or [start])
+    if not run.finished_at:
+        from django.utils import timezone
+
+        end = max(end, timezone.now())
+    span = max((end - start).total_seconds(), 1e-6)
+
+    def col(t: datetime | None) -> int:
+        if t is None:
+            return width
+        return min(width - 1, max(0, int((t - start).total_seconds() / span * width)))
+
+    retries: dict[str, int] = {}
+    for event in events:
+        if event.kind == "step_retry_scheduled":
+            retries[event.step_key] = retries.get(event.step_key, 0) + 1
+    paint = {"green": "\033[32m", "red": "\033[31m", "yellow": "\033[33m", "dim": "\033[2m", "end": "\033[0m"}
+    status_color = {"completed": "green", "failed": "red", "waiting": "yellow", "cancelled": "dim"}
+
+    lines = []
+    head = f"Run {run.pk}  {run.workflow_name} v{run.workflow.version}  [{run.status}]"
+    lines.append(head)
+    lines.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC, {('took ' + _fmt_seconds(span)) if run.finished_at else 'elapsed ' + _fmt_seconds(span)}")
+    name_width = min(max([len(_indent(r)) + len(r.key) for r in rows] + [4]), 36)
+    lines.append("")
+    lines.append(f"  {'step':<{name_width}}  {'0':<{width // 2}}{_fmt_seconds(span):>{width - width // 2}}  status")
+    for row in rows:
+        bar = [" "] * width
+        q0 = col(row.ready_at or row.created_at)
+        s0 = col(row.started_at) if row.started_at else None
+        f0 = col(row.finished_at) if row.finished_at else (width - 1 if not run.finished_at else None)
+        if s0 is not None:
+            for i in range(q0, s0):
+                bar[i] = "░"
+            glyph = "▒" if row.type in {"wait", "approval", "external_event", "parallel", "map", "workflow"} else "█"
+            stop = f0 if f0 is not None else s0
+            for i in range(s0, max(stop, s0) + 1):
+                if i < width:
+                    bar[i] = glyph
+        else:
+            stop = f0 if f0 is not None else q0
+            for i in range(q0, max(stop, q0) + 1):
+                if i < width:
+                    bar[i] = "░"
+        label = (_indent(row) + row.key)[:name_width]
+        duration = ""
+        if row.started_at and row.finished_at:
+            duration = _fmt_seconds((row.finished_at - row.started_at).total_seconds())
+        extra = []
+        if retries.get(row.key):
+            extra.append(f"{retries[row.key]} retr{'y' if retries[row.key] == 1 else 'ies'}")
+        if row.recovery_count:
+            extra.append(f"recovered {row.recovery_count}×")
+        if row.status == "failed" and row.error:
+            extra.append(str(row.error.get("message", ""))[:60])
+        bar_text = "".join(bar)
+        mark = STATUS_MARK.get(row.status, "?")
+        status_text = f"{mark} {row.status}"
+        if color and row.status in status_color:
+            status_text = f"{paint[status_color[row.status]]}{status_text}{paint['end']}"
+        lines.append(f"  {label:<{name_width}} │{bar_text}│ {status_text} {duration} {'; '.join(extra)}".rstrip())
+    lines.append("")
+    lines.append("  ░ queued  █ running  ▒ waiting")
+    if run.status == "completed":
+        lines.append(f"output: {json.dumps(run.output, default=str)[:500]}")
+    elif run.error:
+        lines.append(f"error: {run.error.get('type')}: {run.error.get('message')}")
+    return "\n".join(lines)
+
+
+def _indent(row: StepExecution) -> str:
+    depth = 0
+    parent_id = row.parent_id
+    seen = 0
+    while parent_id is not None and seen < 10:
+        depth += 1
+        seen += 1
+        parent_id = StepExecution.objects.filter(pk=parent_id).values_list("parent_id", flat=True).first()
+    return "  " * depth

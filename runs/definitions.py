@@ -1,0 +1,371 @@
+"""Workflow definitions: parse YAML/JSON, validate, and normalise into a WorkflowSpec.
+
+Validation has two layers. The published JSON Schema (``runs/schema/workflow-v1.schema.json``)
+checks shapes and types; the semantic pass checks what a schema cannot: unique step
+names, ``next``/``then``/``else``/``on_failure`` targets that exist in the same
+sequence, registered handlers, compilable templates. Every problem is reported with
+the path of the field, all at once, and nothing is stored unless there are none.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .templating import TemplateProblem, check_expression, check_template, walk_templates
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workflow-v1.schema.json"
+END = "end"
+WORK_TYPES = frozenset({"task", "llm"})
+RESERVED_NAMES = frozenset({END})
+
+
+class DefinitionError(ValueError):
+    """A definition was refused. ``errors`` is a list of (path, message)."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | None = None) -> None:
+        self.errors = errors
+        self.source = source
+        lines = [f"{path or '<document>'}: {message}" for path, message in errors]
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + "invalid workflow definition:\n  " + "\n  ".join(lines))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+    max_backoff_seconds: float = 300.0
+    jitter: bool = True
+    retry_on: tuple[str, ...] = ()
+    non_retryable: tuple[str, ...] = ()
+
+    def delay(self, failure_number: int, rand: float = 0.5) -> float:
+        """Delay before the attempt that follows the ``failure_number``-th failure."""
+        base = self.backoff_seconds * (self.backoff_multiplier ** max(failure_number - 1, 0))
+        base = min(base, self.max_backoff_seconds)
+        if self.jitter:
+            # "Equal jitter": half fixed, half random, so the delay never collapses to 0.
+            return base / 2 + base / 2 * rand
+        return base
+
+
+@dataclass
+class StepSpec:
+    name: str
+    type: str
+    raw: dict[str, Any]
+    sequence: str  # "" for the top level, "<parallel>.<branch>" for a branch, "<map>[]" for a map item
+    index: int
+    retry: RetryPolicy
+    max_visits: int
+    timeout_seconds: float | None = None
+    next: str | None = None
+    on_failure: str | None = None
+    branches: dict[str, list[StepSpec]] = field(default_factory=dict)
+    item: StepSpec | None = None
+    parent: str | None = None  # the parallel/map step owning this sequence
+
+    @property
+    def is_work(self) -> bool:
+        return self.type in WORK_TYPES
+
+
+@dataclass
+class WorkflowSpec:
+    name: str
+    description: str
+    document: dict[str, Any]
+    steps: list[StepSpec]
+    by_name: dict[str, StepSpec]
+    sequences: dict[str, list[StepSpec]]
+    input_schema: dict[str, Any] | None
+    output: Any
+    has_output: bool
+    budget: dict[str, Any]
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.document)
+
+    def following(self, step: StepSpec) -> StepSpec | None:
+        seq = self.sequences[step.sequence]
+        return seq[step.index + 1] if step.index + 1 < len(seq) else None
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def content_hash(document: dict[str, Any]) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_text(text: str, source: str | None = None) -> Any:
+    """Parse YAML or JSON text (JSON is YAML; .json files are parsed strictly as JSON)."""
+    try:
+        if source and source.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise DefinitionError([("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")],
+                              source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DefinitionError([("", f"not valid YAML: {problem}{where}")], source) from None
+
+
+def _schema_errors(document: Any) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    for error in _validator().iter_errors(document):
+        # if/then failures wrap the real ones; report the leaves.
+        leaves = _leaf_errors(error)
+        for leaf in leaves:
+            message = leaf.message
+            if leaf.validator == "additionalProperties":
+                message = message.replace("Additional properties are not allowed", "unknown field(s)")
+            elif leaf.validator == "enum" and leaf.absolute_path and list(leaf.absolute_path)[-1] == "type":
+                message = f"unknown step type {leaf.instance!r}; expected one of {', '.join(leaf.validator_value)}"
+            errors.append((_path(leaf.absolute_path), message))
+    # Deduplicate, keep order.
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for item in errors:
+        if item not in seen:
+            seen.add(item)
+            unique.append(item)
+    return unique
+
+
+def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    if error.context:
+        out: list[jsonschema.ValidationError] = []
+        for sub in error.context:
+            out.extend(_leaf_errors(sub))
+        return out
+    return [error]
+
+
+class _Builder:
+    def __init__(self, document: dict[str, Any], handler_exists: Any) -> None:
+        self.document = document
+        self.errors: list[tuple[str, str]] = []
+        self.by_name: dict[str, StepSpec] = {}
+        self.paths: dict[str, str] = {}
+        self.sequences: dict[str, list[StepSpec]] = {}
+        self.default_max_visits = int(document.get("max_visits") or _default_max_visits())
+        self.handler_exists = handler_exists
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append((path, message))
+
+    def build_sequence(self, raw_steps: list[dict[str, Any]], sequence: str, path: str,
+                       parent: str | None) -> list[StepSpec]:
+        specs = []
+        for i, raw in enumerate(raw_steps):
+            specs.append(self.build_step(raw, sequence, i, f"{path}[{i}]", parent))
+        self.sequences[sequence] = specs
+        return specs
+
+    def build_step(self, raw: dict[str, Any], sequence: str, index: int, path: str,
+                   parent: str | None) -> StepSpec:
+        name = raw["name"]
+        retry_raw = raw.get("retry") or {}
+        retry = RetryPolicy(
+            max_attempts=int(retry_raw.get("max_attempts", 1)),
+            backoff_seconds=float(retry_raw.get("backoff_seconds", 1.0)),
+            backoff_multiplier=float(retry_raw.get("backoff_multiplier", 2.0)),
+            max_backoff_seconds=float(retry_raw.get("max_backoff_seconds", 300.0)),
+            jitter=bool(retry_raw.get("jitter", True)),
+            retry_on=tuple(retry_raw.get("retry_on", ())),
+            non_retryable=tuple(retry_raw.get("non_retryable", ())),
+        )
+        if retry.max_backoff_seconds < retry.backoff_seconds:
+            self.error(f"{path}.retry.max_backoff_seconds", "must not be smaller than backoff_seconds")
+        spec = StepSpec(
+            name=name, type=raw["type"], raw=raw, sequence=sequence, index=index, retry=retry,
+            max_visits=int(raw.get("max_visits") or self.default_max_visits),
+            timeout_seconds=raw.get("timeout_seconds"), next=raw.get("next"),
+            on_failure=raw.get("on_failure"), parent=parent,
+        )
+        if name in RESERVED_NAMES:
+            self.error(f"{path}.name", f"{name!r} is reserved (it means: finish the sequence)")
+        elif name in self.by_name:
+            self.error(f"{path}.name", f"duplicate step name {name!r} (first defined at {self.paths[name]})")
+        else:
+            self.by_name[name] = spec
+            self.paths[name] = path
+        if spec.type == "parallel":
+            for branch, steps in raw["branches"].items():
+                spec.branches[branch] = self.build_sequence(steps, f"{name}.{branch}", f"{path}.branches.{branch}",
+                                                            parent=name)
+        elif spec.type == "map":
+            item_raw = dict(raw["step"])
+            item_raw.setdefault("name", f"{name}[]")
+            item_raw["name"] = f"{name}[]"
+            item_errors = _schema_errors({"name": "x", "steps": [{**item_raw, "name": "item"}]})
+            for p, m in item_errors:
+                self.error(f"{path}.step" + p.removeprefix("steps[0]"), m)
+            if not item_errors:
+                item = StepSpec(
+                    name=f"{name}[]", type=item_raw["type"], raw=item_raw, sequence=f"{name}[]", index=0,
+                    retry=self.build_step_retry(item_raw), max_visits=10**9,
+                    timeout_seconds=item_raw.get("timeout_seconds"), parent=name,
+                )
+                spec.item = item
+                self.sequences[f"{name}[]"] = [item]
+                self.check_step_fields(item, f"{path}.step")
+        self.check_step_fields(spec, path)
+        return spec
+
+    def build_step_retry(self, raw: dict[str, Any]) -> RetryPolicy:
+        r = raw.get("retry") or {}
+        return RetryPolicy(
+            max_attempts=int(r.get("max_attempts", 1)), backoff_seconds=float(r.get("backoff_seconds", 1.0)),
+            backoff_multiplier=float(r.get("backoff_multiplier", 2.0)),
+            max_backoff_seconds=float(r.get("max_backoff_seconds", 300.0)), jitter=bool(r.get("jitter", True)),
+            retry_on=tuple(r.get("retry_on", ())), non_retryable=tuple(r.get("non_retryable", ())),
+        )
+
+    def check_step_fields(self, spec: StepSpec, path: str) -> None:
+        raw = spec.raw
+        if spec.type == "task" and self.handler_exists is not None and not self.handler_exists(raw["handler"]):
+            self.error(f"{path}.handler", f"no handler registered under {raw['handler']!r}")
+        if spec.type == "condition" and isinstance(raw.get("if"), str):
+            self.check_expr(raw["if"], f"{path}.if")
+        if spec.type == "external_event" and raw.get("match"):
+            self.check_expr(raw["match"], f"{path}.match")
+        if spec.type == "wait" and isinstance(raw.get("seconds"), str) and not _is_template_str(raw["seconds"]):
+            self.error(f"{path}.seconds", "must be a number or a template")
+        skip = {"name", "type", "if", "match", "step", "branches"}
+        for key, value in raw.items():
+            if key in skip:
+                continue
+            for tpath, source in walk_templates(value, f"{path}.{key}"):
+                try:
+                    check_template(source)
+                except TemplateProblem as exc:
+                    self.error(tpath, str(exc))
+
+    def check_expr(self, expr: str, path: str) -> None:
+        try:
+            check_expression(expr)
+        except TemplateProblem as exc:
+            self.error(path, str(exc))
+
+    def check_targets(self) -> None:
+        for name, spec in self.by_name.items():
+            path = self.paths[name]
+            targets = [("next", spec.next), ("on_failure", spec.on_failure)]
+            if spec.type == "condition":
+                targets += [("then", spec.raw.get("then")), ("else", spec.raw.get("else"))]
+            for fieldname, target in targets:
+                if target is None or target == END:
+                    continue
+                other = self.by_name.get(target)
+                if other is None:
+                    self.error(f"{path}.{fieldname}", f"no step named {target!r}")
+                elif other.sequence != spec.sequence:
+                    where = f"branch {other.sequence!r}" if other.sequence else "the top level"
+                    self.error(f"{path}.{fieldname}",
+                               f"step {target!r} is in {where}; a jump must stay in the same sequence")
+
+
+def _is_template_str(value: str) -> bool:
+    return "{{" in value
+
+
+def _default_max_visits() -> int:
+    try:
+        from django.conf import settings
+
+        return int(settings.STEVORA["DEFAULT_MAX_VISITS"])
+    except Exception:  # settings not configured (schema tooling)
+        return 10
+
+
+def validate(document: Any, *, source: str | None = None, handler_exists: Any = None) -> WorkflowSpec:
+    """Validate a parsed document and return its spec, or raise DefinitionError."""
+    if not isinstance(document, dict):
+        kind = type(document).__name__ if document is not None else "an empty document"
+        raise DefinitionError([("", f"a workflow definition must be a mapping (object), got {kind}")], source)
+    errors = _schema_errors(document)
+    if errors:
+        raise DefinitionError(errors, source)
+    builder = _Builder(document, handler_exists)
+    steps = builder.build_sequence(document["steps"], "", "steps", parent=None)
+    builder.check_targets()
+    if "output" in document:
+        for tpath, src in walk_templates(document["output"], "output"):
+            try:
+                check_template(src)
+            except TemplateProblem as exc:
+                builder.error(tpath, str(exc))
+    if document.get("input_schema") is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(document["input_schema"])
+        except jsonschema.SchemaError as exc:
+            builder.error("input_schema" + ("." + _path(exc.absolute_path) if exc.absolute_path else ""),
+                          f"not a valid JSON Schema: {exc.message}")
+    if builder.errors:
+        raise DefinitionError(builder.errors, source)
+    return WorkflowSpec(
+        name=document["name"], description=document.get("description", ""), document=document, steps=steps,
+        by_name=builder.by_name, sequences=builder.sequences, input_schema=document.get("input_schema"),
+        output=document.get("output"), has_output="output" in document, budget=document.get("budget") or {},
+    )
+
+
+def handler_registered(name: str) -> bool:
+    from steps.handlers import registry
+
+    return name in registry
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_spec(workflow_id: int, digest: str) -> WorkflowSpec:
+    from .models import Workflow
+
+    workflow = Workflow.objects.get(pk=workflow_id)
+    return validate(workflow.definition)
+
+
+def spec_for(workflow: Any) -> WorkflowSpec:
+    """The parsed spec of a stored (immutable) workflow version, cached per process."""
+    return _cached_spec(workflow.pk, workflow.content_hash)
+
+
+def input_errors(spec: WorkflowSpec, run_input: Any) -> list[tuple[str, str]]:
+    if not isinstance(run_input, dict):
+        return [("input", f"run input must be a JSON object, got {type(run_input).__name__}")]
+    if not spec.input_schema:
+        return []
+    validator = jsonschema.Draft202012Validator(spec.input_schema)
+    return [
+        (_path(["input", *e.absolute_path]), e.message)
+        for e in sorted(validator.iter_errors(run_input), key=lambda e: list(map(str, e.absolute_path)))
+    ]

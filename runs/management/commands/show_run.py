@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from runs.cli import draw_timeline, run_as_json
+from runs.services import NotFound, get_run
+
+
+class Command(BaseCommand):
+    help = "Show a run: a drawn timeline of its steps, or --json for scripts."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("run_id", metavar="RUN_ID")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            run = get_run(options["run_id"])
+        except NotFound as exc:
+            raise CommandError(str(exc)) from None
+        if options["json"]:
+            self.stdout.write(json.dumps(run_as_json(run), indent=2, default=str))
+        else:
+            self.stdout.write(draw_timeline(run))

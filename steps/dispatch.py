@@ -1,0 +1,69 @@
+"""Ringing the doorbell: publishing step ids to Celery after commit.
+
+A publish that fails is logged and forgotten: the step's row says it is ready, and
+the reconciler rings again. In the embedded default the broker lives inside the
+engine process, so other processes (CLI, web) do not publish at all; the engine's
+reconciler finds their ready steps by polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from celery import group
+from django.conf import settings
+
+logger = logging.getLogger("stevora.dispatch")
+
+_engine_process = False
+
+
+def mark_engine_process() -> None:
+    """Called by ``runengine``: this process hosts the embedded broker."""
+    global _engine_process
+    _engine_process = True
+
+
+def can_publish() -> bool:
+    return _engine_process or not settings.IS_EMBEDDED_BROKER
+
+
+def fault_point(name: str) -> None:
+    """Crash tests: SIGKILL this process at a named point (STEVORA_FAULT_POINT)."""
+    if settings.STEVORA["FAULT_POINT"] == name:
+        logger.warning("fault point %s reached: killing process %s", name, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None) -> None:
+    if not step_ids and not countdowns:
+        return
+    fault_point("before_publish")
+    if not can_publish():
+        return
+    from .tasks import run_step
+
+    try:
+        if len(step_ids) == 1:
+            run_step.apply_async((step_ids[0],))
+        elif step_ids:
+            # Fan-out: one group; the join is decided in the database, never in a chord.
+            group(run_step.si(step_id) for step_id in step_ids).apply_async()
+        for step_id, delay in countdowns or []:
+            run_step.apply_async((step_id,), countdown=max(0.0, delay))
+    except Exception:  # broker down: the reconciler re-publishes from the rows
+        logger.exception("publishing steps %s failed; the reconciler will retry", step_ids)
+
+
+def dispatch_wakes(wakes: list[tuple[int, float]]) -> None:
+    if not wakes or not can_publish():
+        return
+    from .tasks import wake_step
+
+    for step_id, delay in wakes:
+        try:
+            wake_step.apply_async((step_id,), countdown=max(0.0, delay))
+        except Exception:
+            logger.exception("publishing wake of step %s failed; the timer sweep will wake it", step_id)

@@ -1,0 +1,271 @@
+"""Executing one step (DESIGN §4): claim, execute outside a transaction, fenced commit.
+
+``process_step`` is what the Celery task calls with a step id. A duplicate or stale
+message finds nothing to claim and returns. After a fenced commit the engine may hand
+this worker the single ready successor it just created (already claimed in the same
+transaction), which runs next without a broker round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import traceback
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, F, PositiveIntegerField, Q, When
+from django.utils import timezone
+
+from runs import engine
+from runs.definitions import RetryPolicy, StepSpec, WorkflowSpec
+from runs.models import Run, RunStatus
+from runs.templating import TemplateProblem
+
+from . import types as step_types
+from .dispatch import can_publish, fault_point
+from .handlers import PermanentError, RetryableError, StepContext
+from .heartbeat import heartbeat
+from .models import StepExecution, StepStatus
+
+logger = logging.getLogger("stevora.executor")
+
+_HOST = socket.gethostname()
+
+
+class StepTimeout(RetryableError):
+    """The step ran longer than its ``timeout_seconds``."""
+
+
+class NotJSONSerializable(PermanentError):
+    pass
+
+
+def worker_id() -> str:
+    return f"{_HOST}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+def lease_seconds() -> float:
+    return float(settings.STEVORA["LEASE_SECONDS"])
+
+
+def process_step(step_id: int) -> None:
+    """Claim the step and run it, then any successor handed to us by the commit."""
+    row = claim(step_id)
+    while row is not None:
+        row = execute_and_commit(row)
+
+
+def claim(step_id: int) -> StepExecution | None:
+    t = timezone.now()
+    owner = worker_id()
+    claimable = Q(status=StepStatus.READY) & (Q(not_before__isnull=True) | Q(not_before__lte=t))
+    expired = Q(status=StepStatus.RUNNING, lease_until__lt=t)
+    updated = StepExecution.objects.filter(Q(pk=step_id) & (claimable | expired)).update(
+        recovery_count=Case(When(status=StepStatus.RUNNING, then=F("recovery_count") + 1),
+                            default=F("recovery_count"), output_field=PositiveIntegerField()),
+        status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds()),
+        attempt=F("attempt") + 1, started_at=t,
+    )
+    if updated != 1:
+        return None  # a duplicate or stale doorbell
+    row = StepExecution.objects.select_related("run", "run__workflow").get(pk=step_id)
+    if row.run.status == RunStatus.PAUSED:
+        # Paused after this step was published: hand it back untouched.
+        StepExecution.objects.filter(pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner).update(
+            status=StepStatus.READY, lease_owner="", lease_until=None, attempt=F("attempt") - 1)
+        return None
+    return row
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise StepTimeout in this thread after ``seconds`` (SIGALRM in the main thread)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        # Off the main thread there is no safe way to interrupt user code; the lease
+        # and the fenced commit still keep the result correct.
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"step exceeded its timeout of {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
+    run_id = str(run.pk)
+    return StepContext(
+        run_id=run_id, step=row.name, key=row.key, attempt=row.attempt,
+        idempotency_key=f"{run_id}:{row.key}:{row.attempt}", step_idempotency_key=f"{run_id}:{row.key}",
+        input=run.input, config=config, workflow=run.workflow_name,
+        log=logging.LoggerAdapter(logging.getLogger(f"stevora.step.{row.name}"),
+                                  {"run_id": run_id, "step": row.key, "attempt": row.attempt}),
+        item=row.state.get("item") if row.item_index is not None else None, index=row.item_index,
+    )
+
+
+def execute_and_commit(row: StepExecution) -> StepExecution | None:
+    run = row.run
+    wf = engine.workflow_spec(run)
+    owner = row.lease_owner
+    try:
+        spec = engine.spec_of(wf, row)
+    except Exception as exc:  # a definition that no longer names this step: refuse, do not guess
+        return commit_failure(row, None, wf, PermanentError(str(exc)), owner)
+    if row.recovery_count > int(settings.STEVORA["MAX_RECOVERIES"]):
+        return commit_failure(row, spec, wf, PermanentError(
+            f"dead-lettered: the step's worker was lost {row.recovery_count} times "
+            f"(limit STEVORA_MAX_RECOVERIES={settings.STEVORA['MAX_RECOVERIES']})"), owner, kind="dead_lettered")
+    step_type = step_types.get(row.type)
+    heartbeat.hold(row.pk, owner, row.attempt)
+    rendered: Any = None
+    try:
+        if step_type is None or not step_type.work:
+            raise PermanentError(f"no executor for step type {row.type!r}")
+        tctx = engine.template_context(run, row)
+        try:
+            rendered = step_type.render(spec, tctx)
+        except TemplateProblem as exc:
+            raise PermanentError(str(exc)) from None
+        ctx = _context(run, row, rendered)
+        invocation = step_types.Invocation(run=run, step=row, spec=spec, workflow=wf, ctx=ctx,
+                                           template_context=tctx)
+        with time_limit(spec.timeout_seconds):
+            output = step_type.execute(invocation)
+        try:
+            json.dumps(output)
+        except (TypeError, ValueError) as exc:
+            raise NotJSONSerializable(f"handler output is not JSON-serialisable: {exc}") from None
+    except Exception as exc:
+        return commit_failure(row, spec, wf, exc, owner, rendered=rendered)
+    finally:
+        heartbeat.release(row.pk)
+    return commit_success(row, spec, wf, output, owner, rendered=rendered)
+
+
+def _fence(row: StepExecution, owner: str) -> Any:
+    return StepExecution.objects.filter(pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner,
+                                        attempt=row.attempt)
+
+
+def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output: Any, owner: str, *,
+                   rendered: Any = None) -> StepExecution | None:
+    t = timezone.now()
+    with transaction.atomic():
+        run = engine.lock_run(row.run_id)
+        updated = _fence(row, owner).update(
+            status=StepStatus.COMPLETED, output=output, input=rendered, error=None, finished_at=t,
+            lease_owner="", lease_until=None,
+        )
+        if updated != 1:
+            logger.warning("step %s attempt %s lost its lease; result discarded", row.key, row.attempt)
+            return None
+        row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
+        fx = engine.Effects(claim_owner=owner, lease_seconds=lease_seconds())
+        fx.event(run.pk, "step_completed", row.key, data=_attempt_data(row, owner, t))
+        engine.advance(run, wf, row, spec, fx)
+        fx.flush()
+    fault_point("after_commit")
+    claimed = fx.claimed
+    if claimed is not None:
+        claimed.run = run
+    return claimed
+
+
+def _attempt_data(row: StepExecution, owner: str, t: Any) -> dict[str, Any]:
+    started = row.started_at
+    return {
+        "attempt": row.attempt, "worker": owner,
+        "started_at": started.isoformat() if started else None,
+        "duration_ms": round((t - started).total_seconds() * 1000, 3) if started else None,
+    }
+
+
+def is_retryable(exc: BaseException, policy: RetryPolicy) -> bool:
+    name = type(exc).__name__
+    if name in policy.non_retryable:
+        return False
+    if isinstance(exc, PermanentError):
+        return False
+    if policy.retry_on:
+        return name in policy.retry_on or (isinstance(exc, RetryableError) and "RetryableError" in policy.retry_on)
+    return True
+
+
+def error_from(exc: BaseException, row: StepExecution, *, kind: str | None = None,
+               retryable: bool = False) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "type": kind or type(exc).__name__, "message": str(exc) or type(exc).__name__,
+        "attempt": row.attempt, "retryable": retryable,
+        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+    }
+    details = getattr(exc, "details", None)
+    if details is not None:
+        try:
+            json.dumps(details)
+            error["details"] = details
+        except (TypeError, ValueError):
+            error["details"] = repr(details)
+    return error
+
+
+def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, exc: BaseException, owner: str, *,
+                   kind: str | None = None, rendered: Any = None) -> None:
+    policy = spec.retry if spec is not None else RetryPolicy()
+    failures = row.failures + 1
+    retry = is_retryable(exc, policy) and failures < row.max_attempts and kind is None
+    error = error_from(exc, row, kind=kind, retryable=retry)
+    t = timezone.now()
+    with transaction.atomic():
+        run = engine.lock_run(row.run_id)
+        fx = engine.Effects()
+        fence = _fence(row, owner)
+        if retry:
+            retry_after = getattr(exc, "retry_after", None)
+            delay = float(retry_after) if retry_after is not None else policy.delay(failures, random.random())
+            delay = min(delay, max(policy.max_backoff_seconds, 0.0)) if retry_after is None else delay
+            not_before = t + timedelta(seconds=delay)
+            # Short delays ride a countdown message; longer ones are only a row (no long ETAs).
+            countdown = delay <= 60 and can_publish()
+            updated = fence.update(
+                status=StepStatus.READY, failures=failures, error=error, input=rendered, lease_owner="",
+                lease_until=None, not_before=not_before, dispatched_at=not_before if countdown else None,
+            )
+            if updated == 1:
+                fx.event(run.pk, "step_retry_scheduled", row.key, message=error["message"],
+                         data={**_attempt_data(row, owner, t), "delay_seconds": round(delay, 3),
+                               "error": {k: v for k, v in error.items() if k != "traceback"}})
+                if countdown and run.status != RunStatus.PAUSED:
+                    fx.countdowns.append((row.pk, delay))
+        else:
+            updated = fence.update(
+                status=StepStatus.FAILED, failures=failures, error=error, input=rendered, finished_at=t,
+                lease_owner="", lease_until=None,
+            )
+            if updated == 1:
+                fx.event(run.pk, "step_failed", row.key, message=error["message"],
+                         data={**_attempt_data(row, owner, t), "error": error})
+                if spec is not None:
+                    engine.step_failed(run, wf, row, spec, error, fx)
+                else:
+                    engine.finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": row.key})
+        if updated != 1:
+            logger.warning("step %s attempt %s lost its lease; failure discarded", row.key, row.attempt)
+        fx.flush()
+    return None

@@ -1,0 +1,98 @@
+"""One row per visit of a step in a run, with its attempts and its lease."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class StepStatus(models.TextChoices):
+    """Step state machine (DESIGN §3)::
+
+        pending -> ready -> running -> completed | failed | waiting | skipped | cancelled
+        running -> ready            (retry after backoff, or lease expired: recovery)
+        waiting -> completed | failed
+        failed  -> ready            (run retried from this step)
+
+    ``pending`` is a map item held back by ``max_concurrency``. Any non-terminal
+    step becomes ``cancelled`` when its run is cancelled.
+    """
+
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+STEP_TERMINAL = (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
+STEP_OPEN = (StepStatus.PENDING, StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
+
+
+class StepExecution(models.Model):
+    """A visit of a step: ``draft``, ``draft#2`` for a loop's second visit, ``gather[3]``
+    for a map item. ``name`` is the step's name in the definition (``gather[]`` for map
+    items); the pair (run, key) is unique, so a step result can be recorded only once.
+    """
+
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="steps")
+    key = models.CharField(max_length=255)
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=32)
+    # Fan-out children (parallel branch steps, map items) point at their parent step.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    branch = models.CharField(max_length=200, blank=True, default="")
+    item_index = models.IntegerField(null=True, blank=True)
+    visit = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.READY)
+    # Claims so far (monotonic: part of each attempt's idempotency key).
+    attempt = models.PositiveIntegerField(default=0)
+    # Failed attempts counted against the retry policy (lease recoveries do not count).
+    failures = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    # Executor-owned state: join bookkeeping, map items, agent checkpoints.
+    state = models.JSONField(default=dict, blank=True)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    recovery_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="step_unique_key_per_run"),
+        ]
+        indexes = [
+            # runs.reconciler: ready steps whose doorbell may be lost.
+            models.Index(fields=["not_before"], condition=Q(status="ready"), name="step_ready_idx"),
+            # runs.reconciler: running steps whose lease expired.
+            models.Index(fields=["lease_until"], condition=Q(status="running"), name="step_running_lease_idx"),
+            # runs.reconciler: waiting steps whose timer or timeout is due.
+            models.Index(fields=["wake_at"], condition=Q(status="waiting", wake_at__isnull=False),
+                         name="step_waiting_wake_idx"),
+            # show_run / admin timeline: a run's steps in order.
+            models.Index(fields=["run", "id"], name="step_run_id"),
+        ]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in STEP_TERMINAL

@@ -1,0 +1,101 @@
+"""Step types behind a small registry of names (DESIGN §7).
+
+*Work* types (``task``, ``llm``) run in a worker, outside any transaction, after a
+claim. *Inline* types (``wait``, ``approval``, ``external_event``) are activated by
+the engine inside the transaction that makes them current: they complete at once or
+park the step as ``waiting`` (holding nothing) until a decision, an event or the
+timer sweep resumes it. The control-flow types (``condition``, ``parallel``, ``map``,
+``workflow``) belong to the engine itself (``runs.engine``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runs.definitions import StepSpec, WorkflowSpec
+    from runs.models import Run
+
+    from .handlers import StepContext
+    from .models import StepExecution
+
+
+@dataclass
+class Complete:
+    """The step is done with ``output``; ``goto`` overrides the successor (a step name or ``end``)."""
+
+    output: Any = None
+    goto: str | None = None
+
+
+@dataclass
+class Wait:
+    """Park the step as ``waiting`` until something resumes it, or ``wake_at``."""
+
+    wake_at: datetime | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fail:
+    """Fail the step (and take its failure branch, or fail the run)."""
+
+    error: dict[str, Any]
+
+
+Outcome = Complete | Wait | Fail
+
+
+@dataclass
+class Invocation:
+    """Everything a work type needs to execute one attempt."""
+
+    run: Run
+    step: StepExecution
+    spec: StepSpec
+    workflow: WorkflowSpec
+    ctx: StepContext
+    template_context: dict[str, Any]
+
+
+class StepType:
+    name: str = ""
+    work: bool = False
+
+    def render(self, spec: StepSpec, context: dict[str, Any]) -> Any:
+        """Work types: the step's rendered input, stored on the row and given to the handler."""
+        return None
+
+    def execute(self, invocation: Invocation) -> Any:
+        """Work types: run one attempt (outside a transaction) and return the output."""
+        raise NotImplementedError
+
+    def activate(self, run: Run, step: StepExecution, spec: StepSpec, context: dict[str, Any]) -> Outcome:
+        """Inline types: called inside the engine's transaction with the new step row."""
+        raise NotImplementedError
+
+    def wake(self, run: Run, step: StepExecution, spec: StepSpec) -> Outcome:
+        """Inline types: ``wake_at`` passed while waiting (timer done, timeout)."""
+        return Fail({"type": "timeout", "message": f"step {step.key} timed out while waiting"})
+
+    def cancel(self, step: StepExecution) -> None:
+        """The waiting step was cancelled (run cancelled or a sibling failed)."""
+
+
+_types: dict[str, StepType] = {}
+
+
+def register(step_type: StepType) -> StepType:
+    _types[step_type.name] = step_type
+    return step_type
+
+
+def get(name: str) -> StepType | None:
+    return _types.get(name)
+
+
+def is_work(name: str) -> bool:
+    step_type = _types.get(name)
+    return bool(step_type and step_type.work)

@@ -1,0 +1,206 @@
+"""Stevora settings, read from the environment.
+
+With nothing set, Stevora runs embedded: SQLite in WAL mode under ``var/`` and an
+in-process Celery worker (``python manage.py runengine``). Production sets
+``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("STEVORA_VAR_DIR") or (BASE_DIR / "var"))
+
+SECRET_KEY = env_str("SECRET_KEY") or env_str("DJANGO_SECRET_KEY") or "stevora-insecure-dev-key-change-me"
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["localhost", "127.0.0.1", "[::1]", "testserver"]
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "runs",
+    "steps",
+    "providers",
+    "approvals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "stevora_project.urls"
+WSGI_APPLICATION = "stevora_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL")
+CONN_MAX_AGE = env_int("STEVORA_CONN_MAX_AGE", 600, minimum=0)
+if DATABASE_URL:
+    scheme = urlparse(DATABASE_URL).scheme
+    if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a postgres:// (or sqlite://) URL, got scheme {scheme!r}"
+        )
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+    DATABASES = {"default": _db}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("STEVORA_SQLITE_PATH") or str(VAR_DIR / "stevora.sqlite3"),
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN, so two writers queue on
+                # busy_timeout instead of failing with "database is locked" on upgrade.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": (
+                    "PRAGMA journal_mode=WAL;"
+                    "PRAGMA synchronous=NORMAL;"
+                    "PRAGMA busy_timeout=30000;"
+                    "PRAGMA foreign_keys=ON;"
+                ),
+            },
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+            "TEST": {"NAME": env_str("STEVORA_SQLITE_TEST_PATH") or str(VAR_DIR / "test.sqlite3")},
+        }
+    }
+IS_EMBEDDED_DB = DATABASES["default"]["ENGINE"].endswith("sqlite3")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+
+# --- Celery -------------------------------------------------------------------
+# DESIGN §10: the broker is a doorbell. acks_late + reject_on_worker_lost so a killed
+# worker's message comes back; prefetch 1 so one slow step does not hold others; no
+# results (state lives in our rows); JSON only.
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "memory://"
+IS_EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("memory://")
+if not IS_EMBEDDED_BROKER and urlparse(CELERY_BROKER_URL).scheme not in {"redis", "rediss", "amqp", "pyamqp"}:
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be a redis:// URL (or unset for the embedded default), got {CELERY_BROKER_URL!r}"
+    )
+
+# The longest a step may run (hard limit); the visibility timeout must exceed it.
+STEVORA_MAX_STEP_SECONDS = env_int("STEVORA_MAX_STEP_SECONDS", 3600, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", STEVORA_MAX_STEP_SECONDS + 600, minimum=60),
+}
+if IS_EMBEDDED_BROKER:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.02}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_TIME_LIMIT = STEVORA_MAX_STEP_SECONDS
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
+# Celery's Django fixup closes the DB connection around every task unless told to
+# reuse it; a new PostgreSQL connection per step costs about a third of the speed.
+# We keep connections (CONN_MAX_AGE + health checks) and close only broken ones.
+CELERY_DB_REUSE_MAX = 1_000_000
+CELERY_BEAT_SCHEDULE = {
+    "stevora-reconcile": {
+        "task": "steps.reconcile",
+        "schedule": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
+        "options": {"expires": 30},
+    },
+}
+
+# --- Stevora engine -----------------------------------------------------------
+
+STEVORA = {
+    # How long a claimed step is ours without a heartbeat; a killed worker's step is
+    # back in play this long after its last heartbeat.
+    "LEASE_SECONDS": env_float("STEVORA_LEASE_SECONDS", 30.0, minimum=0.5),
+    # How often the reconciler sweeps (and, embedded, polls for runs started elsewhere).
+    "RECONCILE_SECONDS": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
+    # A ready step whose doorbell is older than this is rung again.
+    "REDISPATCH_SECONDS": env_float("STEVORA_REDISPATCH_SECONDS", 15.0, minimum=0.1),
+    # Lease expiries a step may suffer before it is dead-lettered.
+    "MAX_RECOVERIES": env_int("STEVORA_MAX_RECOVERIES", 5, minimum=1),
+    "HANDLER_MODULES": env_list("STEVORA_HANDLER_MODULES"),
+    "HTTP_ALLOW_PRIVATE": env_bool("STEVORA_HTTP_ALLOW_PRIVATE", False),
+    "DEFAULT_MAX_VISITS": env_int("STEVORA_DEFAULT_MAX_VISITS", 10, minimum=1),
+    # Fault injection for crash tests (DBOS-style debug trigger); never set in production.
+    "FAULT_POINT": env_str("STEVORA_FAULT_POINT") or "",
+}
+
+# --- REST framework -----------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Stevora API",
+    "DESCRIPTION": "Durable execution runtime for AI-agent workflows.",
+    "VERSION": "1.0.0",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "WARNING"},
+    "loggers": {
+        "stevora": {"level": env_str("STEVORA_LOG_LEVEL") or "INFO", "propagate": True},
+    },
+}
