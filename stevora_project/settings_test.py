@@ -1,0 +1,20 @@
+"""Settings for the test suite: short leases and sweeps so recovery tests stay quick.
+
+Values go into the environment (not only into settings) so that the worker and engine
+subprocesses the tests start see exactly the same configuration.
+"""
+
+import os
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ.setdefault("STEVORA_LEASE_SECONDS", "2")
+os.environ.setdefault("STEVORA_RECONCILE_SECONDS", "0.3")
+os.environ.setdefault("STEVORA_REDISPATCH_SECONDS", "2")
+os.environ.setdefault("STEVORA_HANDLER_MODULES", "tests.handlers,examples.handlers")
+os.environ.setdefault("STEVORA_QUEUE", f"stevora-test-{_worker}-{os.getpid()}")
+os.environ.setdefault("STEVORA_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
+os.environ.setdefault("STEVORA_SQLITE_TEST_PATH", os.path.join(os.environ["STEVORA_VAR_DIR"], "test.sqlite3"))
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,145 @@
+"""Fixtures: real engines (Celery workers on PostgreSQL + Redis, or runengine embedded).
+
+The suite runs twice in CI: with DATABASE_URL/CELERY_BROKER_URL pointing at the
+machine's PostgreSQL and Redis, and with neither set (embedded: SQLite + the
+in-memory broker inside a ``runengine`` subprocess). Tests that need an engine take
+the ``engine`` fixture and work the same on both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission, User
+
+from runs.models import Run, RunStatus
+from runs.services import load_workflow
+from tests.support.workers import Proc, celery_worker, engine_process, wait_until
+
+EMBEDDED = settings.IS_EMBEDDED_BROKER
+
+
+def pytest_report_header(config: Any) -> str:
+    from django.db import connection
+
+    return f"stevora: database={connection.vendor} broker={'embedded' if EMBEDDED else settings.CELERY_BROKER_URL}"
+
+
+def make_engine(**env: str) -> Proc:
+    return engine_process(**env) if EMBEDDED else celery_worker(**env)
+
+
+def purge_queue() -> None:
+    if EMBEDDED:
+        return
+    from stevora_project.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+@pytest.fixture(scope="session")
+def _session_engine(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Proc]:
+    with django_db_blocker.unblock():
+        purge_queue()
+    proc = make_engine().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def engine(_session_engine: Proc, transactional_db: Any) -> Iterator[Proc]:
+    """A running engine shared by the session (restarted if a test killed it)."""
+    if not _session_engine.alive():
+        _session_engine.start()
+    yield _session_engine
+    if not _session_engine.alive():
+        _session_engine.start()
+
+
+@pytest.fixture
+def fresh_engine(transactional_db: Any, _session_engine: Proc) -> Iterator[Any]:
+    """Engines a test owns (to kill); the shared one is stopped meanwhile."""
+    _session_engine.stop()
+    purge_queue()
+    started: list[Proc] = []
+
+    def start(**env: str) -> Proc:
+        proc = make_engine(**env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+    purge_queue()
+    _session_engine.start()
+
+
+@pytest.fixture
+def workflow(db: Any) -> Any:
+    """Load a definition (a dict) and return its Workflow row."""
+
+    def load(document: dict[str, Any]) -> Any:
+        return load_workflow(document).workflow
+
+    return load
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.txt"
+    path.touch()
+    return path
+
+
+def read_ledger(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_run(run_id: Any, statuses: tuple[str, ...] = (RunStatus.COMPLETED, RunStatus.FAILED,
+                                                             RunStatus.CANCELLED),
+                 timeout: float = 30.0) -> Run:
+    def done() -> Run | None:
+        run = Run.objects.get(pk=run_id)
+        return run if run.status in statuses else None
+
+    try:
+        return wait_until(done, timeout=timeout, message=f"run {run_id} to reach {statuses}")
+    except AssertionError:
+        run = Run.objects.get(pk=run_id)
+        steps = list(run.steps.values_list("key", "status", "attempt"))
+        raise AssertionError(f"run {run_id} is {run.status} after {timeout}s; steps={steps}") from None
+
+
+@pytest.fixture
+def alice(db: Any) -> User:
+    """A reviewer: staff, may decide approvals (in the 'reviewers' group)."""
+    user = User.objects.create_user("alice", password="alice-pass-123", is_staff=True)
+    group, _ = Group.objects.get_or_create(name="reviewers")
+    user.groups.add(group)
+    perms = Permission.objects.filter(codename__in=["decide_approval", "view_approval", "view_run", "view_stepexecution"])
+    user.user_permissions.add(*perms)
+    return user
+
+
+@pytest.fixture
+def bob(db: Any) -> User:
+    """Staff without the decide permission."""
+    user = User.objects.create_user("bob", password="bob-pass-123", is_staff=True)
+    perms = Permission.objects.filter(codename__in=["view_approval", "view_run"])
+    user.user_permissions.add(*perms)
+    return user
+
+
+def sleep_briefly(seconds: float = 0.2) -> None:
+    time.sleep(seconds)
+
+
+os.environ.setdefault("STEVORA_TEST", "1")

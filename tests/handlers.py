@@ -1,0 +1,68 @@
+"""Handlers used by the test suite (STEVORA_HANDLER_MODULES includes tests.handlers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from steps.handlers import PermanentError, RetryableError, StepContext, handler
+
+
+def _append(path: str, line: str) -> None:
+    # O_APPEND writes of one short line are atomic across processes.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@handler("test.ledger")
+def ledger(ctx: StepContext) -> dict[str, Any]:
+    """Sleep ``sleep`` seconds, then append ``<run> <key> <attempt>`` to the ledger file."""
+    config = ctx.config or {}
+    if config.get("started"):
+        _append(config["started"], f"{ctx.run_id} {ctx.key} {ctx.attempt}")
+    time.sleep(float(config.get("sleep", 0)))
+    if config.get("ledger"):
+        _append(config["ledger"], f"{ctx.run_id} {ctx.key} {ctx.attempt}")
+    return {"step": ctx.key, "attempt": ctx.attempt, "value": config.get("value")}
+
+
+@handler("test.fail_times")
+def fail_times(ctx: StepContext) -> dict[str, Any]:
+    """Fail the first ``times`` attempts with a retryable error."""
+    times = int((ctx.config or {}).get("times", 1))
+    if ctx.attempt <= times:
+        raise RetryableError(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@handler("test.permanent")
+def permanent(ctx: StepContext) -> None:
+    raise PermanentError((ctx.config or {}).get("message", "this cannot work"))
+
+
+@handler("test.crash")
+def crash(ctx: StepContext) -> None:
+    raise ValueError("unexpected bug in handler")
+
+
+@handler("test.sleep")
+def sleep(ctx: StepContext) -> dict[str, Any]:
+    seconds = float((ctx.config or {}).get("seconds", 0))
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@handler("test.value")
+def value(ctx: StepContext) -> Any:
+    """Return ``config.value`` (or the map item) as the output."""
+    config = ctx.config or {}
+    return config.get("value", ctx.item)
+
+
+@handler("test.not_json")
+def not_json(ctx: StepContext) -> Any:
+    return {"when": object()}
