@@ -91,7 +91,8 @@ def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
     lines = []
     head = f"Run {run.pk}  {run.workflow_name} v{run.workflow.version}  [{run.status}]"
     lines.append(head)
-    lines.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC, {('took ' + _fmt_seconds(span)) if run.finished_at else 'elapsed ' + _fmt_seconds(span)}")
+    took = ("took " if run.finished_at else "elapsed ") + _fmt_seconds(span)
+    lines.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC, {took}")
     name_width = min(max([len(_indent(r)) + len(r.key) for r in rows] + [4]), 36)
     lines.append("")
     lines.append(f"  {'step':<{name_width}}  {'0':<{width // 2}}{_fmt_seconds(span):>{width - width // 2}}  status")

@@ -149,7 +149,8 @@ def _schema_errors(document: Any) -> list[tuple[str, str]]:
             if leaf.validator == "additionalProperties":
                 message = message.replace("Additional properties are not allowed", "unknown field(s)")
             elif leaf.validator == "enum" and leaf.absolute_path and list(leaf.absolute_path)[-1] == "type":
-                message = f"unknown step type {leaf.instance!r}; expected one of {', '.join(leaf.validator_value)}"
+                expected = ", ".join(str(v) for v in leaf.validator_value)  # type: ignore[union-attr]
+                message = f"unknown step type {leaf.instance!r}; expected one of {expected}"
             errors.append((_path(leaf.absolute_path), message))
     # Deduplicate, keep order.
     seen: set[tuple[str, str]] = set()

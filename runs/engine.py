@@ -138,6 +138,11 @@ def template_context(run: Run, step: StepExecution | None = None, **extra: Any) 
     return context
 
 
+def _id(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
 def error_dict(kind: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": kind, "message": message, **extra}
 
@@ -378,7 +383,7 @@ def _finish_top_level(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effec
 
 
 def _branch_done(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effects) -> None:
-    parent = StepExecution.objects.get(pk=last.parent_id)
+    parent = StepExecution.objects.get(pk=_id(last.parent_id))
     if parent.status != StepStatus.WAITING:
         return
     done = dict(parent.state.get("done", {}))
@@ -395,7 +400,7 @@ def _branch_done(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effects) -
 
 
 def _map_item_done(run: Run, wf: WorkflowSpec, item: StepExecution, fx: Effects) -> None:
-    parent = StepExecution.objects.get(pk=item.parent_id)
+    parent = StepExecution.objects.get(pk=_id(item.parent_id))
     if parent.status != StepStatus.WAITING:
         return
     children = StepExecution.objects.filter(parent_id=parent.pk)
@@ -449,7 +454,7 @@ def step_failed(run: Run, wf: WorkflowSpec, row: StepExecution, spec: StepSpec, 
         advance(run, wf, row, spec, fx, goto=END)
         return
     if row.parent_id is not None:
-        _fail_parent(run, wf, StepExecution.objects.get(pk=row.parent_id), row.key, error, fx)
+        _fail_parent(run, wf, StepExecution.objects.get(pk=_id(row.parent_id)), row.key, error, fx)
         return
     finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": row.key})
 
@@ -549,11 +554,11 @@ def finish_run(run: Run, wf: WorkflowSpec | None, fx: Effects, status: str, *, o
 
 def _notify_parent(child: Run, fx: Effects) -> None:
     """A child run ended: complete or fail the parent's ``workflow`` step (child lock, then parent)."""
-    step = StepExecution.objects.filter(pk=child.parent_step_id).only("run_id").first()
+    step = StepExecution.objects.filter(pk=_id(child.parent_step_id)).only("run_id").first()
     if step is None:
         return
     parent_run = lock_run(step.run_id)
-    step = StepExecution.objects.get(pk=child.parent_step_id)
+    step = StepExecution.objects.get(pk=_id(child.parent_step_id))
     if step.status != StepStatus.WAITING or parent_run.status not in (*RUN_ACTIVE, RunStatus.PAUSED):
         return
     parent_wf = workflow_spec(parent_run)

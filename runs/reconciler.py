@@ -101,7 +101,7 @@ def redispatch_ready() -> int:
     if not can_publish():
         return 0
     t = timezone.now()
-    overdue = t - timedelta(seconds=float(settings.STEVORA["REDISPATCH_SECONDS"]))
+    overdue = t - timedelta(seconds=settings.STEVORA["REDISPATCH_SECONDS"])
     rows = list(
         StepExecution.objects.filter(status=StepStatus.READY, run__status__in=_LIVE_RUNS)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=t))

@@ -328,6 +328,7 @@ def _reopen(run: Run, wf: Any, row: StepExecution, fx: engine.Effects) -> None:
 
 
 def _reopen_chain(run: Run, row: StepExecution, fx: engine.Effects) -> None:
+    assert row.parent_id is not None
     parent = StepExecution.objects.get(pk=row.parent_id)
     if parent.status == StepStatus.FAILED:
         StepExecution.objects.filter(pk=parent.pk).update(status=StepStatus.WAITING, error=None, finished_at=None)

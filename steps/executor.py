@@ -55,7 +55,7 @@ def worker_id() -> str:
 
 
 def lease_seconds() -> float:
-    return float(settings.STEVORA["LEASE_SECONDS"])
+    return settings.STEVORA["LEASE_SECONDS"]
 
 
 def process_step(step_id: int) -> None:
@@ -128,7 +128,8 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
         spec = engine.spec_of(wf, row)
     except Exception as exc:  # a definition that no longer names this step: refuse, do not guess
         return commit_failure(row, None, wf, PermanentError(str(exc)), owner)
-    if row.recovery_count > int(settings.STEVORA["MAX_RECOVERIES"]):
+    max_recoveries: int = settings.STEVORA["MAX_RECOVERIES"]
+    if row.recovery_count > max_recoveries:
         return commit_failure(row, spec, wf, PermanentError(
             f"dead-lettered: the step's worker was lost {row.recovery_count} times "
             f"(limit STEVORA_MAX_RECOVERIES={settings.STEVORA['MAX_RECOVERIES']})"), owner, kind="dead_lettered")
@@ -226,7 +227,7 @@ def error_from(exc: BaseException, row: StepExecution, *, kind: str | None = Non
 
 
 def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, exc: BaseException, owner: str, *,
-                   kind: str | None = None, rendered: Any = None) -> None:
+                   kind: str | None = None, rendered: Any = None) -> StepExecution | None:
     policy = spec.retry if spec is not None else RetryPolicy()
     failures = row.failures + 1
     retry = is_retryable(exc, policy) and failures < row.max_attempts and kind is None

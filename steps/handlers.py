@@ -138,7 +138,8 @@ def discover() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
-    for module_name in settings.STEVORA["HANDLER_MODULES"]:
+    module_names: list[str] = settings.STEVORA["HANDLER_MODULES"]
+    for module_name in module_names:
         try:
             importlib.import_module(module_name)
         except ImportError as exc:

@@ -40,7 +40,7 @@ class Heartbeat:
             self._held.pop(step_id, None)
 
     def _loop(self) -> None:
-        lease = float(settings.STEVORA["LEASE_SECONDS"])
+        lease = settings.STEVORA["LEASE_SECONDS"]
         interval = max(lease / 3.0, 0.05)
         while True:
             self._wake.wait(interval)

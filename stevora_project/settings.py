@@ -8,6 +8,7 @@ in-process Celery worker (``python manage.py runengine``). Production sets
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import dj_database_url
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "steps",
     "providers",
     "approvals",
+    "events",
 ]
 
 MIDDLEWARE = [
@@ -134,7 +136,7 @@ if not IS_EMBEDDED_BROKER and urlparse(CELERY_BROKER_URL).scheme not in {"redis"
 
 # The longest a step may run (hard limit); the visibility timeout must exceed it.
 STEVORA_MAX_STEP_SECONDS = env_int("STEVORA_MAX_STEP_SECONDS", 3600, minimum=1)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", STEVORA_MAX_STEP_SECONDS + 600, minimum=60),
 }
 if IS_EMBEDDED_BROKER:
@@ -166,7 +168,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Stevora engine -----------------------------------------------------------
 
-STEVORA = {
+STEVORA: dict[str, Any] = {
     # How long a claimed step is ours without a heartbeat; a killed worker's step is
     # back in play this long after its last heartbeat.
     "LEASE_SECONDS": env_float("STEVORA_LEASE_SECONDS", 30.0, minimum=0.5),

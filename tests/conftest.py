@@ -32,7 +32,7 @@ def pytest_report_header(config: Any) -> str:
 
 
 def make_engine(**env: str) -> Proc:
-    return engine_process(**env) if EMBEDDED else celery_worker(**env)
+    return engine_process(**env) if EMBEDDED else celery_worker(env=env)
 
 
 def purge_queue() -> None:
@@ -41,7 +41,7 @@ def purge_queue() -> None:
     from stevora_project.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +124,8 @@ def alice(db: Any) -> User:
     user = User.objects.create_user("alice", password="alice-pass-123", is_staff=True)
     group, _ = Group.objects.get_or_create(name="reviewers")
     user.groups.add(group)
-    perms = Permission.objects.filter(codename__in=["decide_approval", "view_approval", "view_run", "view_stepexecution"])
+    perms = Permission.objects.filter(
+        codename__in=["decide_approval", "view_approval", "view_run", "view_stepexecution"])
     user.user_permissions.add(*perms)
     return user
 

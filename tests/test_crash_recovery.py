@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_sigkill_between_commit_and_publish_loses_nothing(fresh_engine: Any, wor
     run = wait_for_run(run.pk, timeout=60)
     assert run.status == "completed", run.error
     assert Counter(line.split()[1] for line in read_ledger(ledger)) == {"first": 1, "a1": 1, "b1": 1, "last": 1}
-    assert run.output["step"] == "last"
+    assert run.output is not None and run.output["step"] == "last"
 
 
 def test_duplicate_delivery_of_one_message_runs_the_step_once(engine: Any, workflow: Any, ledger: Path) -> None:
@@ -166,7 +167,7 @@ def test_runs_finish_when_redis_restarts_empty_mid_flight(fresh_engine: Any, wor
         run_ids = []
         for i in range(6):
             out = subprocess.run(
-                [os.sys.executable, "manage.py", "start_run", "redis-restart", "--input",
+                [sys.executable, "manage.py", "start_run", "redis-restart", "--input",
                  f'{{"ledger": "{ledger}", "n": {i}}}'],
                 cwd=ROOT, env=env, capture_output=True, text=True, check=True)
             run_ids.append(out.stdout.strip().splitlines()[-1])

@@ -97,7 +97,7 @@ class Proc:
         return self.proc is not None and self.proc.poll() is None
 
 
-def celery_worker(concurrency: int = 2, beat: bool = True, **env: str) -> Proc:
+def celery_worker(concurrency: int = 2, beat: bool = True, env: dict[str, str] | None = None) -> Proc:
     argv = [sys.executable, "-m", "celery", "-A", "stevora_project", "worker", "-P", "prefork",
             "-c", str(concurrency), "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "--without-mingle",
             "--without-gossip", "--without-heartbeat", "-l", "WARNING"]
@@ -105,7 +105,7 @@ def celery_worker(concurrency: int = 2, beat: bool = True, **env: str) -> Proc:
         schedule = tempfile.mkstemp(prefix="stevora-beat-")[1]
         os.unlink(schedule)
         argv += ["-B", "-s", schedule]
-    return Proc(argv, subprocess_env(**env), "worker")
+    return Proc(argv, subprocess_env(**(env or {})), "worker")
 
 
 def engine_process(**env: str) -> Proc:

@@ -37,7 +37,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         mark_engine_process()
         stop = threading.Event()
-        interval = float(settings.STEVORA["RECONCILE_SECONDS"])
+        interval = settings.STEVORA["RECONCILE_SECONDS"]
         if settings.IS_EMBEDDED_BROKER:
             # The in-memory broker lives in this process; it serves a single solo worker, so
             # step timeouts (SIGALRM) work and SQLite sees one writer at a time from here.
