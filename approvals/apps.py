@@ -5,3 +5,8 @@ class ApprovalsConfig(AppConfig):
     name = "approvals"
     verbose_name = "Approvals"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .step_type import register_approval_type
+
+        register_approval_type()

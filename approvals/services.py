@@ -1,0 +1,184 @@
+"""The one door for decisions: ``decide``. The admin button, ``manage.py approve`` and
+the API all call it and get the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from runs import engine
+from runs.models import record
+from runs.services import resume_waiting_step
+from steps import types as step_types
+
+from .models import Approval, ApprovalStatus
+
+DECIDE_PERMISSION = "approvals.decide_approval"
+MAX_COMMENT = 10_000
+
+
+class DecisionError(ValueError):
+    """A decision was refused (already decided, expired, bad input); the message says why."""
+
+
+class ApprovalNotFound(DecisionError, LookupError):
+    pass
+
+
+@dataclass
+class Decision:
+    approval: Approval
+    output: dict[str, Any]
+
+
+def may_decide(user: Any, approval: Approval) -> tuple[bool, str]:
+    """Whether ``user`` may decide ``approval``, and if not, why (in words for a person)."""
+    if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated or not user.is_active:
+        return False, "you must be signed in as an active user to decide approvals"
+    if not user.has_perm(DECIDE_PERMISSION):
+        return False, f"{user.get_username()} lacks the permission 'Can decide approvals' ({DECIDE_PERMISSION})"
+    if approval.is_restricted and not user.is_superuser:
+        if user.get_username() in approval.allowed_users:
+            return True, ""
+        if approval.allowed_groups and user.groups.filter(name__in=approval.allowed_groups).exists():
+            return True, ""
+        who = []
+        if approval.allowed_groups:
+            who.append("groups " + ", ".join(approval.allowed_groups))
+        if approval.allowed_users:
+            who.append("users " + ", ".join(approval.allowed_users))
+        return False, (f"{user.get_username()} is not among the approvers of approval #{approval.pk} "
+                       f"(only {' or '.join(who)})")
+    return True, ""
+
+
+def _refusal(approval: Approval) -> str:
+    if approval.status in (ApprovalStatus.APPROVED, ApprovalStatus.REJECTED):
+        when = approval.decided_at.isoformat() if approval.decided_at else "earlier"
+        return (f"approval #{approval.pk} was already {approval.status} by "
+                f"{approval.decided_by_name or 'someone'} at {when}; a decision cannot be changed")
+    if approval.status == ApprovalStatus.EXPIRED:
+        return (f"approval #{approval.pk} expired at "
+                f"{approval.expires_at.isoformat() if approval.expires_at else 'its deadline'} "
+                f"(on_timeout: {approval.on_timeout}); it can no longer be decided")
+    if approval.status == ApprovalStatus.CANCELLED:
+        return f"approval #{approval.pk} was cancelled with its run; it can no longer be decided"
+    return f"approval #{approval.pk} is {approval.status}"
+
+
+def _check_input(approval: Approval, comment: Any, content: Any) -> None:
+    if not isinstance(comment, str):
+        raise DecisionError("comment: must be a string")
+    if len(comment) > MAX_COMMENT:
+        raise DecisionError(f"comment: must be at most {MAX_COMMENT} characters")
+    if content is not None:
+        if not approval.allow_edit:
+            raise DecisionError(f"content: approval #{approval.pk} does not allow editing the content")
+        try:
+            json.dumps(content)
+        except (TypeError, ValueError):
+            raise DecisionError("content: must be JSON-serialisable") from None
+
+
+def get_approval(approval_id: Any) -> Approval:
+    try:
+        return Approval.objects.get(pk=int(approval_id))
+    except (Approval.DoesNotExist, TypeError, ValueError):
+        raise ApprovalNotFound(f"no approval with id {approval_id!r}") from None
+
+
+def decide(approval_id: Any, *, user: Any, approve: bool, comment: str = "", content: Any = None,
+           operator: str = "") -> Decision:
+    """Approve or reject a pending approval and resume its run, in one transaction.
+
+    ``user`` must hold ``approvals.decide_approval`` and, when the step names
+    approvers, be one of the named users or in one of the named groups. A trusted
+    operator at the shell may pass ``user=None`` with ``operator`` naming them.
+    Raises ``PermissionDenied`` or ``DecisionError`` (nothing changes then).
+    """
+    if not isinstance(approve, bool):
+        raise DecisionError("approve: must be true or false")
+    approval = get_approval(approval_id)
+    if user is None and not operator:
+        raise PermissionDenied("a decision needs a user (or an operator name for shell decisions)")
+    _check_input(approval, comment, content)
+    if user is not None:
+        allowed, why = may_decide(user, approval)
+        if not allowed:
+            raise PermissionDenied(why)
+    who = user.get_username() if user is not None else operator
+    with transaction.atomic():
+        # The run lock first (the engine's lock order), then the guarded update.
+        engine.lock_run(approval.run_id)
+        now = timezone.now()
+        if approval.expires_at is not None and approval.expires_at <= now:
+            fresh = Approval.objects.get(pk=approval.pk)
+            if fresh.status == ApprovalStatus.PENDING:
+                raise DecisionError(f"approval #{approval.pk} expired at {approval.expires_at.isoformat()} "
+                                    f"(on_timeout: {approval.on_timeout}); it can no longer be decided")
+            raise DecisionError(_refusal(fresh))
+        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+        edited = content is not None
+        updated = Approval.objects.filter(pk=approval.pk, status=ApprovalStatus.PENDING).update(
+            status=status, decided_by=user if isinstance(user, AbstractBaseUser) else None, decided_by_name=who,
+            decided_at=now, comment=comment, edited_content=content if edited else None, content_edited=edited,
+        )
+        if updated != 1:
+            raise DecisionError(_refusal(Approval.objects.get(pk=approval.pk)))
+        output = {
+            "approved": approve, "decided_by": who, "decided_at": now.isoformat(), "comment": comment,
+            "content": content if edited else approval.content,
+        }
+        record(approval.run_id, f"approval_{status}", step_key=approval.step_key, actor=who,
+               message=f"approval #{approval.pk} {status} by {who}" + (f": {comment}" if comment else ""),
+               data={"approval_id": approval.pk, "approved": approve, "comment": comment, "edited": edited,
+                     "decided_at": now.isoformat()})
+        if not resume_waiting_step(approval.step_id, step_types.Complete(output), actor=who,
+                                   expected_type="approval"):
+            # The step is no longer waiting (its run ended): roll the decision back.
+            raise DecisionError(f"approval #{approval.pk}: its step is no longer waiting; nothing was decided")
+        approval.refresh_from_db()
+    return Decision(approval, output)
+
+
+def pending_for(user: Any) -> list[Approval]:
+    """Pending approvals ``user`` may decide, oldest first."""
+    if user is None or not getattr(user, "is_authenticated", False) or not user.has_perm(DECIDE_PERMISSION):
+        return []
+    rows = Approval.objects.filter(status=ApprovalStatus.PENDING).order_by("requested_at", "id")
+    return [a for a in rows if may_decide(user, a)[0]]
+
+
+def pending(queryset: QuerySet[Approval] | None = None) -> QuerySet[Approval]:
+    return (queryset if queryset is not None else Approval.objects.all()).filter(status=ApprovalStatus.PENDING)
+
+
+def resolve(approval_or_run_id: str) -> Approval:
+    """``manage.py approve`` takes an approval id or a run id (with exactly one pending approval)."""
+    value = approval_or_run_id.strip()
+    if value.isdigit():
+        return get_approval(value)
+    try:
+        run_id = uuid.UUID(value)
+    except ValueError:
+        raise ApprovalNotFound(f"{value!r} is neither an approval id (a number) nor a run id (a UUID)") from None
+    rows = list(Approval.objects.filter(run_id=run_id, status=ApprovalStatus.PENDING).order_by("id"))
+    if not rows:
+        decided = Approval.objects.filter(run_id=run_id).order_by("-id").first()
+        if decided is not None:
+            raise DecisionError(f"run {run_id} has no pending approval; the latest, #{decided.pk}, is "
+                                f"{decided.status}")
+        raise ApprovalNotFound(f"run {run_id} has no approvals")
+    if len(rows) > 1:
+        listing = ", ".join(f"#{a.pk} ({a.step_key})" for a in rows)
+        raise DecisionError(f"run {run_id} has {len(rows)} pending approvals: {listing}; pass the approval id")
+    return rows[0]

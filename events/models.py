@@ -1,0 +1,91 @@
+"""External events, the steps waiting for them, and which event completed which wait."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class Event(models.Model):
+    """An event from the outside world (``send_event``, the API).
+
+    Kept until ``expires_at`` so that a wait that starts later (within its
+    ``lookback_seconds``) still finds it.
+    """
+
+    workspace = models.ForeignKey("runs.Workspace", on_delete=models.PROTECT, related_name="events")
+    name = models.CharField(max_length=200)
+    key = models.CharField(max_length=255, blank=True, default="")
+    payload = models.JSONField(default=dict, blank=True)
+    # The sender's id for deduplication: the same id twice is the same event.
+    event_id = models.CharField(max_length=255, null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "event_id"], condition=Q(event_id__isnull=False),
+                                    name="event_unique_id_per_workspace"),
+        ]
+        indexes = [
+            # events.step_type (lookback at activation): recent events by name and key.
+            models.Index(fields=["workspace", "name", "key", "received_at"], name="event_name_key_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.key}] #{self.pk}"
+
+    def as_output(self) -> dict[str, object]:
+        return {
+            "id": self.pk, "name": self.name, "key": self.key, "payload": self.payload, "event_id": self.event_id,
+            "received_at": self.received_at.isoformat() if self.received_at else None,
+        }
+
+
+class EventWait(models.Model):
+    """A step waiting for an event: the index ``deliver_event`` looks up (name + key).
+
+    Created when an ``external_event`` step parks, deleted when it completes, times
+    out or is cancelled. ``key`` null means any key (the step has only ``match``).
+    """
+
+    step = models.OneToOneField("steps.StepExecution", on_delete=models.CASCADE, related_name="event_wait")
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="event_waits")
+    workspace = models.ForeignKey("runs.Workspace", on_delete=models.CASCADE, related_name="event_waits")
+    name = models.CharField(max_length=200)
+    key = models.CharField(max_length=255, null=True, blank=True)
+    match = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # events.services.deliver_event: waits for this event name and key.
+            models.Index(fields=["workspace", "name", "key"], name="eventwait_name_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"wait {self.name}[{self.key or '*'}] step {self.step_id}"
+
+
+class EventMatch(models.Model):
+    """Event X completed step Y (recorded with the event, before the step is resumed)."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="matches")
+    step = models.ForeignKey("steps.StepExecution", on_delete=models.CASCADE, related_name="event_matches")
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="event_matches")
+    step_name = models.CharField(max_length=200)
+    matched_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # An event completes a given step at most once, and a step takes one event.
+            models.UniqueConstraint(fields=["step"], name="eventmatch_one_per_step"),
+        ]
+        indexes = [
+            # events.step_type: a loop's later visit does not reuse an event an earlier visit consumed.
+            models.Index(fields=["run", "step_name"], name="eventmatch_run_step"),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} -> step {self.step_id}"

@@ -1,0 +1,141 @@
+"""The one door for external events: ``deliver_event`` (``send_event``, the API)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from runs import engine
+from runs.models import Workspace, record
+from runs.services import resume_waiting_step
+from steps import types as step_types
+from steps.models import StepStatus
+
+from .matching import lock_event_name, matches
+from .models import Event, EventMatch, EventWait
+from .step_type import waits_for
+
+logger = logging.getLogger("stevora.events")
+
+MAX_NAME = 200
+MAX_KEY = 255
+DEFAULT_RETENTION_SECONDS = 7 * 86400
+
+
+class EventError(ValueError):
+    """An event was refused; the message names the field."""
+
+
+@dataclass
+class Delivery:
+    event: Event
+    matched_step_ids: list[int] = field(default_factory=list)
+    duplicate: bool = False
+
+
+def _workspace(workspace: Workspace | int | str | None) -> Workspace:
+    if workspace is None:
+        return Workspace.default()
+    if isinstance(workspace, Workspace):
+        return workspace
+    found = (Workspace.objects.filter(pk=workspace).first() if isinstance(workspace, int)
+             else Workspace.objects.filter(slug=workspace).first())
+    if found is None:
+        raise EventError(f"workspace: no workspace {workspace!r}")
+    return found
+
+
+def _validate(name: Any, key: Any, payload: Any, event_id: Any) -> tuple[str, str, Any, str | None]:
+    if not isinstance(name, str) or not name.strip():
+        raise EventError("name: must be a non-empty string")
+    if len(name) > MAX_NAME:
+        raise EventError(f"name: must be at most {MAX_NAME} characters")
+    if key is None:
+        key = ""
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise EventError("key: must be a string or an integer")
+    key = str(key)
+    if len(key) > MAX_KEY:
+        raise EventError(f"key: must be at most {MAX_KEY} characters")
+    if payload is None:
+        payload = {}
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"payload: must be JSON-serialisable ({exc})") from None
+    if event_id is not None:
+        if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 255:
+            raise EventError("event_id: must be a non-empty string of at most 255 characters")
+    return name, key, payload, event_id
+
+
+def retention_seconds() -> float:
+    return float(settings.STEVORA.get("EVENT_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS))
+
+
+def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: str | None = None,
+                  workspace: Workspace | int | str | None = None) -> Delivery:
+    """Store an event and complete every waiting step it satisfies (its output: the event).
+
+    Two transactions: the first stores the event and records which waits it claims
+    (``EventMatch``), the second resumes them. The same ``event_id`` again is a
+    duplicate: nothing new is stored or matched, but claims a crash left unresumed
+    are resumed now.
+    """
+    name, key, payload, event_id = _validate(name, key, payload, event_id)
+    ws = _workspace(workspace)
+    now = timezone.now()
+    with transaction.atomic():
+        lock_event_name(ws.pk, name)
+        existing = Event.objects.filter(workspace=ws, event_id=event_id).first() if event_id else None
+        duplicate = existing is not None
+        if existing is None:
+            try:
+                with transaction.atomic():
+                    event = Event.objects.create(workspace=ws, name=name, key=key, payload=payload,
+                                                 event_id=event_id,
+                                                 expires_at=now + timedelta(seconds=retention_seconds()))
+            except IntegrityError:  # the same id delivered concurrently under another name
+                event = Event.objects.get(workspace=ws, event_id=event_id)
+                duplicate = True
+        else:
+            event = existing
+        if duplicate:
+            claims = list(EventMatch.objects.filter(event=event, step__status=StepStatus.WAITING)
+                          .values_list("step_id", flat=True))
+        else:
+            claims = _claim_waits(event)
+    output = event.as_output()
+    completed = []
+    for step_id in claims:
+        with transaction.atomic():
+            if resume_waiting_step(step_id, step_types.Complete(output), actor=f"event:{name}",
+                                   expected_type="external_event"):
+                EventWait.objects.filter(step_id=step_id).delete()
+                completed.append(step_id)
+    return Delivery(event, completed, duplicate)
+
+
+def _claim_waits(event: Event) -> list[int]:
+    output = event.as_output()
+    claims: list[int] = []
+    candidates = (waits_for(event.workspace_id, event.name, event.key)
+                  .select_related("run", "run__workflow", "step").order_by("run_id", "id"))
+    for wait in candidates:
+        if wait.step.status != StepStatus.WAITING:
+            continue
+        if wait.match and not matches(wait.match, output, engine.template_context(wait.run, wait.step)):
+            continue
+        EventMatch.objects.create(event=event, step=wait.step, run=wait.run, step_name=wait.step.name)
+        record(wait.run_id, "event_matched", step_key=wait.step.key, actor=f"event:{event.name}",
+               message=f"event {event.name}[{event.key}] #{event.pk} matched",
+               data={"event": event.pk, "name": event.name, "key": event.key, "event_id": event.event_id})
+        claims.append(wait.step_id)
+    return claims
