@@ -1,0 +1,44 @@
+"""External events and the steps waiting for them, read-only in the admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from runs.admin import CappedCountPaginator
+
+from .models import Event, EventMatch, EventWait
+
+
+class ReadOnly(admin.ModelAdmin):
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnly):
+    list_display = ("id", "name", "key", "event_id", "received_at", "expires_at")
+    list_filter = ("name",)
+    search_fields = ("=key", "=event_id")
+    search_help_text = "An event key or event id (exact)."
+    readonly_fields = ("workspace", "name", "key", "payload", "event_id", "received_at", "expires_at")
+
+
+@admin.register(EventWait)
+class EventWaitAdmin(ReadOnly):
+    list_display = ("id", "name", "key", "match", "run", "step", "created_at")
+    list_filter = ("name",)
+    search_fields = ("=key",)
+
+
+@admin.register(EventMatch)
+class EventMatchAdmin(ReadOnly):
+    list_display = ("id", "event", "run", "step", "step_name", "matched_at")

@@ -1,0 +1,242 @@
+"""The admin as run observatory: a run list that stays fast, and a run page with a
+drawn timeline, each step's attempts, errors, input/output and the history.
+
+Actions are thin: they call ``runs.services`` and report how many runs changed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from . import admin_timeline, services
+from .models import IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
+
+COUNT_CAP = 10_000
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most COUNT_CAP rows (``SELECT count(*) FROM (… LIMIT n)``): a run table of
+    millions still pages instantly; past the cap the admin shows the first 10,000."""
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        if isinstance(qs, QuerySet):
+            return qs.order_by()[:COUNT_CAP].count()
+        return len(qs)
+
+
+class WorkflowNameFilter(admin.SimpleListFilter):
+    """Workflow names from the (small) Workflow table, not a DISTINCT over all runs."""
+
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = Workflow.objects.order_by("name").values_list("name", flat=True).distinct()
+        return [(n, n) for n in names]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(workflow_name=self.value()) if self.value() else queryset
+
+
+def _control_action(service: Callable[..., Run], verb: str) -> Callable[..., None]:
+    def action(modeladmin: RunAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        changed, refused = 0, []
+        for run_id in queryset.values_list("pk", flat=True)[:1000]:
+            try:
+                service(run_id, actor=f"admin:{request.user.get_username()}")
+                changed += 1
+            except (IllegalTransition, services.NotFound) as exc:
+                refused.append(str(exc))
+        if changed:
+            modeladmin.message_user(request, f"{changed} run{'s' if changed != 1 else ''} {verb}.", messages.SUCCESS)
+        if refused:
+            detail = "; ".join(refused[:3]) + (" …" if len(refused) > 3 else "")
+            modeladmin.message_user(request, f"{len(refused)} run{'s' if len(refused) != 1 else ''} not {verb}: "
+                                             f"{detail}", messages.WARNING)
+        if not changed and not refused:
+            modeladmin.message_user(request, f"0 runs {verb}.", messages.INFO)
+
+    action.__name__ = f"{verb}_runs"
+    return action
+
+
+cancel_runs = admin.action(description="Cancel selected runs", permissions=["change"])(
+    _control_action(services.cancel_run, "cancelled"))
+pause_runs = admin.action(description="Pause selected runs", permissions=["change"])(
+    _control_action(services.pause_run, "paused"))
+resume_runs = admin.action(description="Resume selected (paused) runs", permissions=["change"])(
+    _control_action(services.resume_run, "resumed"))
+retry_runs = admin.action(description="Retry selected (failed) runs", permissions=["change"])(
+    _control_action(services.retry_run, "retried"))
+
+CONTROLS: dict[str, tuple[Callable[..., Run], str]] = {
+    "cancel": (services.cancel_run, "cancelled"), "pause": (services.pause_run, "paused"),
+    "resume": (services.resume_run, "resumed"), "retry": (services.retry_run, "retried"),
+}
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "workflow_name", "status_badge", "created_at", "duration", "cost_usd")
+    list_filter = ("status", WorkflowNameFilter, ("created_at", admin.DateFieldListFilter))
+    search_fields = ("idempotency_key",)
+    search_help_text = "A run id (UUID) or an idempotency key (exact)."
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    list_per_page = 50
+    ordering = ("-created_at",)
+    actions = [cancel_runs, pause_runs, resume_runs, retry_runs]
+    change_form_template = "admin/runs/run/observatory.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
+        return super().get_queryset(request).select_related("workflow")
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
+                           search_term: str) -> tuple[QuerySet[Run], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(idempotency_key=term), False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="run", ordering="id")
+    def short_id(self, obj: Run) -> str:
+        return str(obj.pk)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Run) -> str:
+        return format_html('<span class="stevora-status stevora-{}">{}</span>', obj.status, obj.status)
+
+    @admin.display(description="took")
+    def duration(self, obj: Run) -> str:
+        end = obj.finished_at
+        if end is None or obj.started_at is None:
+            return "—"
+        return admin_timeline._fmt_seconds((end - obj.started_at).total_seconds())
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path("<uuid:object_id>/control/<str:action>/", self.admin_site.admin_view(self.control_view),
+                 name="runs_run_control"),
+        ]
+        return custom + super().get_urls()
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The observatory page (read-only; changes go through the control buttons)."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        try:
+            run = Run.objects.select_related("workflow", "workspace").get(pk=object_id)
+        except (Run.DoesNotExist, ValueError, ValidationError):
+            raise Http404(f"no {self.opts.verbose_name} with id {object_id!r}") from None
+        if not self.has_view_or_change_permission(request, run):
+            raise PermissionDenied
+        timeline = admin_timeline.build(run)
+        controls = []
+        if self.has_change_permission(request, run):
+            if run.status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+                controls.append(("cancel", "Cancel"))
+            if run.status in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PENDING):
+                controls.append(("pause", "Pause"))
+            if run.status == RunStatus.PAUSED:
+                controls.append(("resume", "Resume"))
+            if run.status == RunStatus.FAILED:
+                controls.append(("retry", "Retry"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts, "title": f"Run {run.pk}", "run": run, "timeline": timeline,
+            "input_json": admin_timeline.pretty(run.input), "output_json": admin_timeline.pretty(run.output),
+            "error_json": admin_timeline.pretty(run.error), "controls": controls,
+            "children": list(run.child_runs.all().order_by("created_at")[:50]),
+            "has_view_permission": True, "original": run,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, self.change_form_template, context)
+
+    def control_view(self, request: HttpRequest, object_id: uuid.UUID, action: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = get_object_or_404(Run, pk=object_id)
+        if not self.has_change_permission(request, run):
+            raise PermissionDenied
+        if action not in CONTROLS:
+            messages.error(request, f"unknown action {action!r}")
+        else:
+            service, verb = CONTROLS[action]
+            try:
+                service(run.pk, actor=f"admin:{request.user.get_username()}")
+                messages.success(request, f"1 run {verb}.")
+            except (IllegalTransition, services.NotFound) as exc:
+                messages.error(request, f"0 runs {verb}: {exc}")
+        return HttpResponseRedirect(reverse("admin:runs_run_change", args=[run.pk]))
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    list_display = ("name", "version", "workspace", "created_at")
+    list_filter = ("workspace",)
+    search_fields = ("name",)
+    readonly_fields = ("workspace", "name", "version", "description", "definition", "content_hash", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "created_at")
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "run_id", "kind", "step_key", "actor", "message")
+    list_filter = ("kind",)
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    readonly_fields = ("run", "kind", "step_key", "actor", "message", "data", "created_at")
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[RunEvent],
+                           search_term: str) -> tuple[QuerySet[RunEvent], bool]:
+        try:
+            return queryset.filter(run_id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return queryset, False
+
+    search_fields = ("run__id",)
+    search_help_text = "A run id (UUID)."
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
