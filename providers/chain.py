@@ -1,0 +1,303 @@
+"""The fallback chain: each provider in order, transient failures retried with backoff, a
+circuit breaker per provider, every HTTP attempt on the record, tokens and cost rolled up.
+
+Per provider: no key -> next; circuit open -> next (no request, no timeout waited); then
+up to ``1 + max_retries`` HTTP attempts with exponential backoff and jitter (``backoff``),
+honouring ``Retry-After``; a permanent failure (400/401/403/404) moves on at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import backoff
+import httpx
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from runs.models import Run
+from steps.handlers import PermanentError, RetryableError
+from steps.models import StepExecution
+
+from . import breaker, fake
+from .models import LLMCall, LLMCallStatus, Provider, ProviderKind
+from .registry import Route, api_key
+from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, classify_status, client_for
+
+logger = logging.getLogger("stevora.providers")
+
+
+class BudgetExceeded(PermanentError):
+    """The run's ``max_cost_usd`` / ``max_tokens`` budget is spent."""
+
+
+class AllProvidersFailed(RetryableError):
+    """Every provider of the chain failed; ``details`` lists each one's reason."""
+
+
+class AllProvidersRefused(PermanentError):
+    """Every provider failed permanently (bad request, bad key, unknown model)."""
+
+
+@dataclass
+class Scope:
+    """Where calls are recorded and charged: a step execution of a run (or nothing, in scripts)."""
+
+    step_id: int | None = None
+    run_id: Any = None
+    step_attempt: int = 0
+    secrets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    result: ChatResult
+    provider: str
+    model: str
+    route: list[dict[str, Any]]
+    replayed: bool = False
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+_clients: dict[tuple[int, int], httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per process and thread (prefork children get their own after fork)."""
+    key = (os.getpid(), threading.get_ident())
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.setdefault(key, httpx.Client(follow_redirects=False, trust_env=False))
+    return client
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """Remove every occurrence of a key from something about to be stored or logged."""
+    if not secrets:
+        return value
+    text = json.dumps(value) if not isinstance(value, str) else value
+    changed = text
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            changed = changed.replace(secret, "[redacted]")
+    if changed == text:
+        return value
+    return changed if isinstance(value, str) else json.loads(changed)
+
+
+def _send(provider: Provider, http: HttpRequest) -> tuple[int, Any, Any]:
+    timeout = httpx.Timeout(provider.timeout_seconds, connect=provider.connect_timeout_seconds)
+    try:
+        response = http_client().post(http.url, headers=http.headers, json=http.body, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        raise ProviderError(f"timeout after {provider.timeout_seconds}s ({type(exc).__name__})",
+                            permanent=False) from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"connection error: {type(exc).__name__}: {exc}", permanent=False) from None
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = {"non_json_body": response.text[:2000]}
+        if response.status_code < 400:
+            raise ProviderError(f"malformed response: HTTP {response.status_code} body is not JSON",
+                                permanent=False, status=response.status_code, body=body) from None
+    return response.status_code, response.headers, body
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+def _start_record(scope: Scope, provider: Provider, model: str, round_number: int, try_number: int,
+                  request: dict[str, Any]) -> LLMCall:
+    return LLMCall.objects.create(
+        step_id=scope.step_id, run_id=scope.run_id, step_attempt=scope.step_attempt, round=round_number,
+        try_number=try_number, provider=provider, provider_name=provider.name, kind=provider.kind, model=model,
+        request=scrub(request, scope.secrets),
+    )
+
+
+def _fail_record(call: LLMCall, err: ProviderError, scope: Scope, started: float) -> None:
+    LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
+        status=LLMCallStatus.FAILED, error=scrub(str(err), scope.secrets), error_kind=err.kind,
+        http_status=err.status, response=scrub(err.body, scope.secrets) if err.body is not None else None,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now())
+
+
+def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body: Any, status: int | None,
+                     scope: Scope, started: float) -> tuple[Decimal, bool]:
+    """Complete the row and charge its usage once (guarded on ``started``). Returns (cost, canonical)."""
+    cost = provider.cost_of(result.input_tokens, result.output_tokens)
+    fields = dict(
+        response=scrub(body, scope.secrets), result=result.to_json(), http_status=status,
+        input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost_usd=cost,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now(),
+    )
+    canonical = True
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
+                    status=LLMCallStatus.SUCCEEDED, **fields)
+        except IntegrityError:
+            # A concurrent attempt of this step recorded this round's answer first; ours was paid for too.
+            canonical = False
+            updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
+                status=LLMCallStatus.SUPERSEDED, **fields)
+        if updated == 1 and (result.input_tokens or result.output_tokens or cost):
+            usage = dict(input_tokens=F("input_tokens") + result.input_tokens,
+                         output_tokens=F("output_tokens") + result.output_tokens, cost_usd=F("cost_usd") + cost)
+            if scope.step_id is not None:
+                StepExecution.objects.filter(pk=scope.step_id).update(**usage)
+            if scope.run_id is not None:
+                Run.objects.filter(pk=scope.run_id).update(**usage)
+    return cost, canonical
+
+
+def check_budget(run_id: Any, *, after_call: bool = False) -> None:
+    if run_id is None:
+        return
+    row = Run.objects.filter(pk=run_id).values("input_tokens", "output_tokens", "cost_usd", "max_tokens",
+                                               "max_cost_usd").first()
+    if row is None:
+        return
+    tokens = row["input_tokens"] + row["output_tokens"]
+    when = "this call took the run past its budget" if after_call else "the run's budget is spent"
+    limit_tokens = row["max_tokens"]
+    if limit_tokens is not None and (tokens > limit_tokens or (not after_call and tokens >= limit_tokens)):
+        raise BudgetExceeded(f"budget exceeded: {when}: {tokens} tokens used of max_tokens={row['max_tokens']}",
+                             details={"tokens": tokens, "max_tokens": row["max_tokens"]})
+    cost, limit = row["cost_usd"], row["max_cost_usd"]
+    if limit is not None and (cost > limit or (not after_call and cost >= limit)):
+        raise BudgetExceeded(f"budget exceeded: {when}: ${cost} spent of max_cost_usd=${limit}",
+                             details={"cost_usd": str(cost), "max_cost_usd": str(limit)})
+
+
+# --- one provider -------------------------------------------------------------------------
+
+
+def _wait_gen(*, base: float, cap: float) -> Generator[float, Any, None]:
+    """Exponential backoff with equal jitter; a Retry-After from the server wins when given."""
+    exc = yield  # type: ignore[misc]
+    n = 0
+    while True:
+        delay = min(cap, base * (2 ** n))
+        delay = delay / 2 + random.random() * delay / 2
+        n += 1
+        retry_after = getattr(exc, "retry_after", None)
+        exc = yield max(float(retry_after), 0.0) if retry_after is not None else delay
+
+
+def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scope, round_number: int,
+                   key: str | None, max_tries: int, on_failure: Callable[[ProviderError], None]) -> ChatResult:
+    tries = 0
+
+    def attempt() -> ChatResult:
+        nonlocal tries
+        tries += 1
+        check_budget(scope.run_id)
+        if provider.kind == ProviderKind.FAKE:
+            http = HttpRequest(f"fake://{provider.name}", {}, {"model": model, "messages": req.messages,
+                                                               "system": req.system, "tools": req.tools})
+        else:
+            http = client_for(provider.kind).build(provider, model, req, key)
+        call = _start_record(scope, provider, model, round_number, tries, http.redacted())
+        started = time.perf_counter()
+        try:
+            if provider.kind == ProviderKind.FAKE:
+                result, body, status = fake.answer(provider, req, round_number), None, None
+                body = {"fake": result.to_json()}
+            else:
+                status, headers, body = _send(provider, http)
+                if status >= 400:
+                    raise classify_status(status, headers, body)
+                result = client_for(provider.kind).parse(provider, body)
+        except ProviderError as err:
+            _fail_record(call, err, scope, started)
+            on_failure(err)
+            raise
+        except BaseException as exc:  # a step timeout or a bug: leave evidence, then let it through
+            _fail_record(call, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
+                         scope, started)
+            raise
+        _complete_record(call, provider, result, body, status, scope, started)
+        return result
+
+    def give_up(exc: Exception) -> bool:
+        err = exc if isinstance(exc, ProviderError) else None
+        if err is None or err.permanent:
+            return True
+        return err.retry_after is not None and err.retry_after > provider.max_retry_after_seconds
+
+    def on_backoff(details: Any) -> None:
+        logger.info("provider %s: retrying in %.2fs (try %s)", provider.name, details["wait"], details["tries"])
+
+    retrying = backoff.on_exception(
+        _wait_gen, ProviderError, max_tries=max_tries, giveup=give_up, jitter=None, on_backoff=on_backoff,
+        logger=None, base=provider.backoff_seconds, cap=provider.max_backoff_seconds,
+    )(attempt)
+    return retrying()
+
+
+# --- the chain ----------------------------------------------------------------------------
+
+
+def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) -> Answer:
+    """Ask each provider of ``route`` in order until one answers; record why the others did not."""
+    reasons: list[dict[str, Any]] = []
+    for index, provider in enumerate(route.providers):
+        model = route.model_for(index)
+        if not provider.enabled:
+            reasons.append({"provider": provider.name, "outcome": "skipped", "reason": "disabled"})
+            continue
+        key = api_key(provider)
+        if provider.api_key_env and not key:
+            reasons.append({"provider": provider.name, "outcome": "skipped",
+                            "reason": f"no key: {provider.api_key_env} is not set"})
+            continue
+        if key:
+            scope.secrets.append(key)
+        admission, why, dirty = breaker.admit(provider)
+        if admission is breaker.Admission.SKIP:
+            reasons.append({"provider": provider.name, "outcome": "skipped", "reason": why})
+            continue
+        probe = admission is breaker.Admission.PROBE
+        tracked = dirty
+
+        def note_failure(err: ProviderError, provider: Provider = provider, probe: bool = probe) -> None:
+            nonlocal tracked
+            if err.counts_for_breaker:
+                tracked = True
+                if breaker.failed(provider, str(err), probe=probe):
+                    logger.warning("provider %s: circuit opened after %s", provider.name, err)
+
+        try:
+            result = _call_provider(provider, model, req, scope, round_number, key,
+                                    max_tries=1 if probe else provider.max_retries + 1, on_failure=note_failure)
+        except ProviderError as err:
+            reasons.append({"provider": provider.name, "model": model, "outcome": "failed", "kind": err.kind,
+                            "status": err.status, "reason": scrub(str(err), scope.secrets)})
+            continue
+        if tracked:
+            breaker.succeeded(provider)
+        check_budget(scope.run_id, after_call=True)
+        reasons.append({"provider": provider.name, "model": model, "outcome": "answered"})
+        return Answer(result, provider.name, result.model or model, reasons)
+    summary = "; ".join(f"{r['provider']}: {r['reason']}" for r in reasons) or "the chain is empty"
+    message = f"no provider answered ({summary})"
+    if any(r.get("kind") == "transient" for r in reasons):
+        raise AllProvidersFailed(message, details=reasons)
+    raise AllProvidersRefused(message, details=reasons)
+

@@ -1,0 +1,291 @@
+"""The ``llm`` step: a durable agent loop over the fallback chain.
+
+Each model turn is a *round*. Before a round asks a provider, the recorded answer of
+(step, round) is looked up (``LLMCall`` with status ``succeeded``, unique per round);
+before a tool runs, its checkpoint (``ToolCall``, unique per step, round and call id)
+is looked up. So a worker killed in round 3 leaves rounds 1–2 on the record, and the
+re-executed step replays them — no second payment, no second tool execution — and
+carries on with round 3 (DBOS-style: look the stored result up before acting).
+
+Output::
+
+    {"text": "...",                # or "json": <parsed value> with response_format json / output_schema
+     "provider": "openai", "model": "gpt-4o-mini",
+     "usage": {"input_tokens": 812, "output_tokens": 96, "cost_usd": 0.000179, "llm_calls": 3},
+     "tool_calls": [{"round", "id", "name", "arguments", "status", "output"}],
+     "rounds": 3, "route": [{"provider", "outcome", "reason"}], "warnings": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from runs.templating import render_value
+from steps import types
+from steps.handlers import PermanentError, RetryableError, StepContext, registry
+from steps.heartbeat import heartbeat
+
+from .chain import Answer, Scope, complete
+from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems
+from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus
+from .registry import ResolveError, resolve
+from .wire import ChatRequest, ChatResult
+
+logger = logging.getLogger("stevora.llm")
+
+DEFAULT_MAX_TOOL_ROUNDS = 10
+DEFAULT_SCHEMA_RETRIES = 2
+DEFAULT_GUARDRAIL_RETRIES = 2
+_PASSTHROUGH = ("temperature", "max_tokens", "response_format", "output_schema", "max_schema_retries", "tools",
+                "max_tool_rounds", "guardrails", "fallback")
+
+
+class ToolRoundsExceeded(PermanentError):
+    pass
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def tool_name(tool: dict[str, Any]) -> str:
+    return tool.get("name") or re.sub(r"[^A-Za-z0-9_-]", "_", tool["handler"])[:64]
+
+
+@dataclass
+class Tool:
+    name: str
+    handler: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class LLMType(types.StepType):
+    name = "llm"
+    work = True
+
+    def render(self, spec: Any, context: dict[str, Any]) -> Any:
+        raw = spec.raw
+        out: dict[str, Any] = {k: raw[k] for k in _PASSTHROUGH if k in raw}
+        for key in ("model", "provider", "chain"):
+            if key in raw:
+                out[key] = _as_text(render_value(raw[key], context))
+        if raw.get("system") is not None:
+            out["system"] = _as_text(render_value(raw["system"], context))
+        out["messages"] = [{"role": m["role"], "content": _as_text(render_value(m["content"], context))}
+                           for m in raw["messages"]]
+        return out
+
+    def execute(self, invocation: types.Invocation) -> Any:
+        return Agent(invocation).run()
+
+
+class Agent:
+    def __init__(self, invocation: types.Invocation) -> None:
+        self.inv = invocation
+        self.ctx = invocation.ctx
+        self.cfg: dict[str, Any] = invocation.ctx.config
+        step = invocation.step
+        self.step_id = step.pk
+        self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt)
+        try:
+            self.route = resolve(self.cfg)
+        except ResolveError as exc:
+            raise PermanentError(f"llm step {step.name!r}: {exc}") from None
+        self.tools: dict[str, Tool] = {}
+        for raw in self.cfg.get("tools") or []:
+            if raw["handler"] not in registry:
+                raise PermanentError(f"tools: no handler registered under {raw['handler']!r}")
+            tool = Tool(tool_name(raw), raw["handler"], raw.get("description") or "",
+                        raw.get("parameters") or {"type": "object", "properties": {}})
+            self.tools[tool.name] = tool
+        self.schema = self.cfg.get("output_schema")
+        self.json = self.cfg.get("response_format") == "json" or self.schema is not None
+        # A previous attempt's worker died mid-request: its rows stay as evidence, marked so.
+        LLMCall.objects.filter(step_id=step.pk, status=LLMCallStatus.STARTED, step_attempt__lt=step.attempt).update(
+            status=LLMCallStatus.ABANDONED, error="the worker of this attempt was lost before the answer",
+            finished_at=timezone.now())
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        conversation: list[dict[str, Any]] = list(self.cfg["messages"])
+        max_tool_rounds = int(self.cfg.get("max_tool_rounds") or DEFAULT_MAX_TOOL_ROUNDS)
+        schema_retries_left = int(self.cfg.get("max_schema_retries", DEFAULT_SCHEMA_RETRIES))
+        guardrails: list[dict[str, Any]] = self.cfg.get("guardrails") or []
+        guard_retries = [int(g.get("max_retries", DEFAULT_GUARDRAIL_RETRIES)) for g in guardrails]
+        warnings: list[dict[str, Any]] = []
+        tool_rounds = 0
+        round_number = 0
+        while True:
+            round_number += 1
+            if self.step_id in heartbeat.lost:
+                raise RetryableError("this worker lost the step's lease; another attempt owns it now")
+            answer = self.turn(round_number, conversation)
+            result = answer.result
+            conversation.append(self.assistant_message(result))
+            if result.tool_calls:
+                tool_rounds += 1
+                if tool_rounds > max_tool_rounds:
+                    raise ToolRoundsExceeded(f"the model still asked for tools after max_tool_rounds={max_tool_rounds}")
+                for call in result.tool_calls:
+                    conversation.append(self.run_tool(round_number, call))
+                continue
+            value = None
+            if self.json:
+                value, problems = check_structured(result.text, self.schema)
+                if problems:
+                    if schema_retries_left <= 0:
+                        raise OutputSchemaError("the answer does not match output_schema: " + "; ".join(problems),
+                                                details={"problems": problems, "answer": result.text[:2000]})
+                    schema_retries_left -= 1
+                    conversation.append({"role": "user", "content": (
+                        "Your answer was rejected: " + "; ".join(problems)
+                        + ". Answer again with only the corrected JSON.")})
+                    continue
+            feedback = self.check_guardrails(guardrails, guard_retries, result.text, value, warnings)
+            if feedback:
+                conversation.append({"role": "user", "content": feedback})
+                continue
+            return self.output(answer, value, round_number, warnings)
+
+    def check_guardrails(self, guardrails: list[dict[str, Any]], retries: list[int], text: str, value: Any,
+                         warnings: list[dict[str, Any]]) -> str | None:
+        for index, rule in enumerate(guardrails):
+            verdict = judge(rule, text, value, self.ctx)
+            if verdict.ok:
+                continue
+            mode = rule.get("on_failure", "block")
+            label = f"guardrails[{index}] ({rule['type']})"
+            if mode == "warn":
+                warnings.append({"guardrail": index, "type": rule["type"], "reason": verdict.reason})
+                self.ctx.log.warning("%s failed (warn only): %s", label, verdict.reason)
+                continue
+            if mode == "retry_with_feedback" and retries[index] > 0:
+                retries[index] -= 1
+                return (f"Your answer was rejected by a check: {verdict.reason}. "
+                        "Answer again, fixing this.")
+            raise GuardrailBlocked(f"{label} blocked the answer: {verdict.reason}",
+                                   details={"guardrail": index, "reason": verdict.reason})
+        return None
+
+    # --- one model turn -----------------------------------------------------------------
+
+    def turn(self, round_number: int, conversation: list[dict[str, Any]]) -> Answer:
+        recorded = (LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
+                    .values("result", "provider_name", "model").first())
+        if recorded is not None and recorded["result"] is not None:
+            result = ChatResult.from_json(recorded["result"])
+            return Answer(result, recorded["provider_name"], result.model or recorded["model"],
+                          [{"provider": recorded["provider_name"], "outcome": "replayed"}], replayed=True)
+        request = ChatRequest(
+            messages=[dict(m) for m in conversation], system=self.cfg.get("system"),
+            tools=[{"name": t.name, "description": t.description, "parameters": t.parameters}
+                   for t in self.tools.values()],
+            temperature=self.cfg.get("temperature"), max_tokens=self.cfg.get("max_tokens"),
+            json=self.json, schema=self.schema,
+        )
+        return complete(self.route, request, self.scope, round_number)
+
+    @staticmethod
+    def assistant_message(result: ChatResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message["tool_calls"] = [{"id": c["id"], "name": c["name"], "arguments": c.get("arguments") or {},
+                                      "raw_arguments": c.get("raw_arguments")} for c in result.tool_calls]
+        return message
+
+    # --- one tool call ------------------------------------------------------------------
+
+    def run_tool(self, round_number: int, call: dict[str, Any]) -> dict[str, Any]:
+        call_id, name = call["id"], call["name"]
+        row = ToolCall.objects.filter(step_id=self.step_id, round=round_number, call_id=call_id).first()
+        if row is not None and row.status != ToolCallStatus.STARTED:
+            return self.tool_message(row)
+        tool = self.tools.get(name)
+        arguments = call.get("arguments")
+        problem = None
+        if tool is None:
+            problem = f"unknown tool {name!r}; the tools are: {', '.join(self.tools) or 'none'}"
+        elif call.get("arguments_error") or arguments is None:
+            problem = call.get("arguments_error") or "arguments missing"
+        else:
+            problems = schema_problems(arguments, tool.parameters)
+            if problems:
+                problem = "invalid arguments: " + "; ".join(problems)
+        key = f"{self.ctx.run_id}:{self.ctx.key}:tool:{round_number}:{call_id}"
+        if row is None:
+            try:
+                row = ToolCall.objects.create(
+                    step_id=self.step_id, round=round_number, call_id=call_id, tool=name,
+                    handler=tool.handler if tool else "", arguments=arguments if arguments is not None else {},
+                    step_attempt=self.scope.step_attempt, idempotency_key=key, executions=0)
+            except IntegrityError:  # a concurrent attempt of this step got here first
+                row = ToolCall.objects.get(step_id=self.step_id, round=round_number, call_id=call_id)
+                if row.status != ToolCallStatus.STARTED:
+                    return self.tool_message(row)
+        if problem is not None or tool is None:
+            self._finish_tool(row, ToolCallStatus.FAILED, error=problem or "unknown tool")
+            return self.tool_message(row)
+        # At-least-once: a row still ``started`` (its worker died mid-tool) runs again, with the same key.
+        ToolCall.objects.filter(pk=row.pk).update(executions=row.executions + 1, step_attempt=self.scope.step_attempt)
+        ctx = StepContext(
+            run_id=self.ctx.run_id, step=self.ctx.step, key=self.ctx.key, attempt=self.ctx.attempt,
+            idempotency_key=key, step_idempotency_key=self.ctx.step_idempotency_key, input=self.ctx.input,
+            config=arguments, log=self.ctx.log, workflow=self.ctx.workflow,
+            extra={"tool": name, "round": round_number, "call_id": call_id}, heartbeat=self.ctx.heartbeat)
+        try:
+            output = registry.get(tool.handler)(ctx)
+            json.dumps(output)
+        except PermanentError as exc:
+            self._finish_tool(row, ToolCallStatus.FAILED, error=str(exc) or type(exc).__name__)
+            return self.tool_message(row)
+        except (TypeError, ValueError) as exc:
+            self._finish_tool(row, ToolCallStatus.FAILED, error=f"tool output is not JSON-serialisable: {exc}")
+            return self.tool_message(row)
+        except Exception as exc:
+            # Transient or a bug: the step's retry policy decides; the row stays started and runs again.
+            ToolCall.objects.filter(pk=row.pk).update(error=f"{type(exc).__name__}: {exc}"[:4000])
+            raise
+        self._finish_tool(row, ToolCallStatus.COMPLETED, output=output)
+        return self.tool_message(row)
+
+    @staticmethod
+    def _finish_tool(row: ToolCall, status: str, *, output: Any = None, error: str = "") -> None:
+        t = timezone.now()
+        ToolCall.objects.filter(pk=row.pk, status=ToolCallStatus.STARTED).update(
+            status=status, output=output, error=error, finished_at=t)
+        row.status, row.output, row.error, row.finished_at = status, output, error, t
+
+    @staticmethod
+    def tool_message(row: ToolCall) -> dict[str, Any]:
+        failed = row.status == ToolCallStatus.FAILED
+        content = f"error: {row.error}" if failed else json.dumps(row.output)
+        return {"role": "tool", "tool_call_id": row.call_id, "name": row.tool, "content": content,
+                "is_error": failed}
+
+    # --- output -------------------------------------------------------------------------
+
+    def output(self, answer: Answer, value: Any, rounds: int, warnings: list[dict[str, Any]]) -> dict[str, Any]:
+        usage = LLMCall.objects.filter(step_id=self.step_id).aggregate(
+            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
+            calls=Count("id"))
+        out: dict[str, Any] = {"json": value} if self.json else {"text": answer.result.text}
+        out.update({
+            "provider": answer.provider, "model": answer.model,
+            "usage": {"input_tokens": usage["input_tokens"] or 0, "output_tokens": usage["output_tokens"] or 0,
+                      "cost_usd": float(usage["cost"] or 0), "llm_calls": usage["calls"]},
+            "tool_calls": [row.as_output() for row in ToolCall.objects.filter(step_id=self.step_id)],
+            "rounds": rounds, "route": answer.route,
+        })
+        if warnings:
+            out["warnings"] = warnings
+        return out

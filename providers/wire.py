@@ -1,0 +1,323 @@
+"""Wire formats of the provider kinds, behind a small registry of names.
+
+Each client turns a neutral :class:`ChatRequest` into the vendor's HTTP request
+(``build``) and the vendor's response into a neutral :class:`ChatResult` (``parse``),
+raising :class:`ProviderError` that says whether the failure is transient (retry,
+then the next provider) or permanent (the next provider at once).
+
+Neutral messages (what the agent loop keeps)::
+
+    {"role": "user" | "assistant" | "system", "content": "..."}
+    {"role": "assistant", "content": "...", "tool_calls": [{"id", "name", "arguments": {...}}]}
+    {"role": "tool", "tool_call_id": "...", "name": "...", "content": "...", "is_error": false}
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Provider
+
+REDACTED = "[redacted]"
+SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+class ProviderError(Exception):
+    """A provider did not answer. ``permanent`` failures are not retried on the same provider."""
+
+    def __init__(self, message: str, *, permanent: bool, status: int | None = None,
+                 retry_after: float | None = None, body: Any = None, counts_for_breaker: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        self.counts_for_breaker = counts_for_breaker
+
+    @property
+    def kind(self) -> str:
+        return "permanent" if self.permanent else "transient"
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    system: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)  # {"name", "description", "parameters"}
+    temperature: float | None = None
+    max_tokens: int | None = None
+    json: bool = False
+    schema: dict[str, Any] | None = None
+
+
+@dataclass
+class ChatResult:
+    text: str
+    tool_calls: list[dict[str, Any]]
+    input_tokens: int
+    output_tokens: int
+    stop_reason: str = ""
+    model: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChatResult:
+        return cls(text=data.get("text") or "", tool_calls=data.get("tool_calls") or [],
+                   input_tokens=int(data.get("input_tokens") or 0), output_tokens=int(data.get("output_tokens") or 0),
+                   stop_reason=data.get("stop_reason") or "", model=data.get("model") or "")
+
+
+@dataclass
+class HttpRequest:
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    def redacted(self) -> dict[str, Any]:
+        headers = {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in self.headers.items()}
+        return {"url": self.url, "headers": headers, "body": self.body}
+
+
+def json_instruction(req: ChatRequest) -> str:
+    text = "Answer with one JSON value only, no prose and no code fences."
+    if req.schema:
+        text += " It must validate against this JSON Schema: " + json.dumps(req.schema, sort_keys=True)
+    return text
+
+
+def system_with_json(req: ChatRequest) -> str | None:
+    if not req.json:
+        return req.system
+    return f"{req.system}\n\n{json_instruction(req)}" if req.system else json_instruction(req)
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """``retry-after-ms`` (OpenAI), ``retry-after`` in seconds or as an HTTP date."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """OpenAI ``{"error": {"message", "type", "code"}}``; Anthropic ``{"type": "error", "error": {...}}``."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        kind = err.get("type") or err.get("code") or ""
+        message = err.get("message") or ""
+        return f"{kind}: {message}".strip(": ") or fallback
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return fallback
+
+
+def classify_status(status: int, headers: Any, body: Any) -> ProviderError:
+    message = f"HTTP {status}: {error_message(body, 'no error message')}"
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return ProviderError(message, permanent=False, status=status, retry_after=parse_retry_after(headers),
+                             body=body)
+    # 400/422 describe our request, not the provider's health: they do not trip the breaker.
+    return ProviderError(message, permanent=True, status=status, body=body,
+                         counts_for_breaker=status in (401, 403, 404))
+
+
+def _arguments(raw: Any) -> tuple[dict[str, Any] | None, str, str | None]:
+    """Tool-call arguments: OpenAI sends a JSON string, Anthropic an object."""
+    if isinstance(raw, dict):
+        return raw, json.dumps(raw), None
+    text = raw if isinstance(raw, str) else json.dumps(raw)
+    try:
+        parsed = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        return None, text, f"arguments are not valid JSON: {exc.msg}"
+    if not isinstance(parsed, dict):
+        return None, text, "arguments must be a JSON object"
+    return parsed, text, None
+
+
+def _malformed(what: str, body: Any = None) -> ProviderError:
+    return ProviderError(f"malformed response: {what}", permanent=False, body=body)
+
+
+class Client:
+    kind = ""
+
+    def build(self, provider: Provider, model: str, req: ChatRequest, key: str | None) -> HttpRequest:
+        raise NotImplementedError
+
+    def parse(self, provider: Provider, body: Any) -> ChatResult:
+        raise NotImplementedError
+
+
+class OpenAIClient(Client):
+    """OpenAI Chat Completions: ``POST {base}/v1/chat/completions`` with ``Authorization: Bearer``."""
+
+    kind = "openai"
+    path = "/v1/chat/completions"
+
+    def build(self, provider: Provider, model: str, req: ChatRequest, key: str | None) -> HttpRequest:
+        messages: list[dict[str, Any]] = []
+        system = system_with_json(req)
+        if system:
+            messages.append({"role": "system", "content": system})
+        for m in req.messages:
+            if m["role"] == "tool":
+                messages.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": m["content"]})
+            elif m["role"] == "assistant" and m.get("tool_calls"):
+                messages.append({"role": "assistant", "content": m.get("content") or None, "tool_calls": [
+                    {"id": tc["id"], "type": "function",
+                     "function": {"name": tc["name"], "arguments": tc.get("raw_arguments")
+                                  or json.dumps(tc.get("arguments") or {})}}
+                    for tc in m["tool_calls"]]})
+            else:
+                messages.append({"role": m["role"], "content": m["content"]})
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.max_tokens is not None:
+            # OpenAI deprecated max_tokens for max_completion_tokens; compatible servers know max_tokens.
+            default_field = "max_completion_tokens" if provider.kind == "openai" else "max_tokens"
+            body[provider.options.get("max_tokens_field", default_field)] = req.max_tokens
+        if req.tools:
+            body["tools"] = [{"type": "function", "function": {
+                "name": t["name"], "description": t.get("description", ""), "parameters": t["parameters"]}}
+                for t in req.tools]
+        if req.json:
+            mode = provider.options.get("json_mode", "json_schema")
+            if mode == "json_schema" and req.schema:
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "output", "schema": req.schema}}
+            elif mode in ("json_schema", "json_object"):
+                body["response_format"] = {"type": "json_object"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return HttpRequest(provider.url_root + provider.options.get("path", self.path), headers, body)
+
+    def parse(self, provider: Provider, body: Any) -> ChatResult:
+        try:
+            choice = body["choices"][0]
+            message = choice["message"]
+        except (KeyError, IndexError, TypeError):
+            raise _malformed("no choices[0].message", body) from None
+        tool_calls: list[dict[str, Any]] = []
+        for tc in message.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            args, raw, problem = _arguments(fn.get("arguments", ""))
+            tool_calls.append({"id": tc.get("id") or f"call_{len(tool_calls)}", "name": fn.get("name", ""),
+                               "arguments": args, "raw_arguments": raw, "arguments_error": problem})
+        usage = body.get("usage") or {}
+        return ChatResult(
+            text=message.get("content") or "", tool_calls=tool_calls,
+            input_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=int(usage.get("completion_tokens") or 0),
+            stop_reason=choice.get("finish_reason") or "", model=body.get("model") or "",
+        )
+
+
+class AnthropicClient(Client):
+    """Anthropic Messages: ``POST {base}/v1/messages``, ``x-api-key``, ``anthropic-version``."""
+
+    kind = "anthropic"
+    path = "/v1/messages"
+
+    def build(self, provider: Provider, model: str, req: ChatRequest, key: str | None) -> HttpRequest:
+        systems = [s for s in [system_with_json(req)] if s]
+        turns: list[dict[str, Any]] = []
+
+        def add(role: str, blocks: list[dict[str, Any]]) -> None:
+            # The Messages API alternates user and assistant turns: merge neighbours.
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"].extend(blocks)
+            else:
+                turns.append({"role": role, "content": blocks})
+
+        for m in req.messages:
+            if m["role"] == "system":
+                systems.append(m["content"])
+            elif m["role"] == "tool":
+                block: dict[str, Any] = {"type": "tool_result", "tool_use_id": m["tool_call_id"],
+                                         "content": m["content"]}
+                if m.get("is_error"):
+                    block["is_error"] = True
+                add("user", [block])
+            elif m["role"] == "assistant":
+                blocks: list[dict[str, Any]] = [{"type": "text", "text": m["content"]}] if m.get("content") else []
+                for tc in m.get("tool_calls") or []:
+                    blocks.append({"type": "tool_use", "id": tc["id"], "name": tc["name"],
+                                   "input": tc.get("arguments") or {}})
+                add("assistant", blocks)
+            else:
+                add("user", [{"type": "text", "text": m["content"]}])
+        body: dict[str, Any] = {
+            "model": model,
+            # Required by the Messages API.
+            "max_tokens": req.max_tokens or int(provider.options.get("default_max_tokens", 1024)),
+            "messages": turns,
+        }
+        if systems:
+            body["system"] = "\n\n".join(systems)
+        if req.temperature is not None:
+            body["temperature"] = min(req.temperature, 1.0)  # Anthropic's range is 0..1
+        if req.tools:
+            body["tools"] = [{"name": t["name"], "description": t.get("description", ""),
+                              "input_schema": t["parameters"]} for t in req.tools]
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "anthropic-version": provider.options.get("anthropic_version", "2023-06-01")}
+        if key:
+            headers["x-api-key"] = key
+        return HttpRequest(provider.url_root + provider.options.get("path", self.path), headers, body)
+
+    def parse(self, provider: Provider, body: Any) -> ChatResult:
+        if not isinstance(body, dict) or not isinstance(body.get("content"), list):
+            raise _malformed("no content array", body)
+        texts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for block in body["content"]:
+            if block.get("type") == "text":
+                texts.append(block.get("text", ""))
+            elif block.get("type") == "tool_use":
+                args, raw, problem = _arguments(block.get("input", {}))
+                tool_calls.append({"id": block.get("id") or f"toolu_{len(tool_calls)}", "name": block.get("name", ""),
+                                   "arguments": args, "raw_arguments": raw, "arguments_error": problem})
+        usage = body.get("usage") or {}
+        return ChatResult(
+            text="".join(texts), tool_calls=tool_calls, input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0), stop_reason=body.get("stop_reason") or "",
+            model=body.get("model") or "",
+        )
+
+
+CLIENTS: dict[str, Client] = {
+    "openai": OpenAIClient(),
+    "openai_compatible": OpenAIClient(),
+    "anthropic": AnthropicClient(),
+}
+
+
+def client_for(kind: str) -> Client:
+    try:
+        return CLIENTS[kind]
+    except KeyError:
+        raise ProviderError(f"no client for provider kind {kind!r}", permanent=True) from None
