@@ -185,7 +185,10 @@ def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output:
     fault_point("after_commit")
     claimed = fx.claimed
     if claimed is not None:
-        claimed.run = run
+        if claimed.run_id == run.pk:
+            claimed.run = run
+        else:  # the first step of a child run started by this commit
+            claimed.run = Run.objects.select_related("workflow").get(pk=claimed.run_id)
     return claimed
 
 
