@@ -144,6 +144,11 @@ def _schema_errors(document: Any) -> list[tuple[str, str]]:
     for error in _validator().iter_errors(document):
         # if/then failures wrap the real ones; report the leaves.
         leaves = _leaf_errors(error)
+        wait_oneof = [leaf for leaf in leaves if leaf.validator == "oneOf" and isinstance(leaf.instance, dict)
+                      and leaf.instance.get("type") == "wait"]
+        for leaf in wait_oneof:
+            errors.append((_path(leaf.absolute_path), "a wait step needs exactly one of 'seconds' or 'until'"))
+        leaves = [leaf for leaf in leaves if leaf not in wait_oneof]
         for leaf in leaves:
             message = leaf.message
             if leaf.validator == "additionalProperties":
@@ -163,7 +168,7 @@ def _schema_errors(document: Any) -> list[tuple[str, str]]:
 
 
 def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    if error.context:
+    if error.context and error.validator != "oneOf":  # oneOf's branches are alternatives, not faults
         out: list[jsonschema.ValidationError] = []
         for sub in error.context:
             out.extend(_leaf_errors(sub))
@@ -231,6 +236,9 @@ class _Builder:
             item_errors = _schema_errors({"name": "x", "steps": [{**item_raw, "name": "item"}]})
             for p, m in item_errors:
                 self.error(f"{path}.step" + p.removeprefix("steps[0]"), m)
+            for key in ("next", "on_failure"):
+                if key in item_raw:
+                    self.error(f"{path}.step.{key}", f"a map item has no successor; put {key!r} on the map step")
             if not item_errors:
                 item = StepSpec(
                     name=f"{name}[]", type=item_raw["type"], raw=item_raw, sequence=f"{name}[]", index=0,
@@ -262,6 +270,9 @@ class _Builder:
             self.check_expr(raw["match"], f"{path}.match")
         if spec.type == "wait" and isinstance(raw.get("seconds"), str) and not _is_template_str(raw["seconds"]):
             self.error(f"{path}.seconds", "must be a number or a template")
+        if spec.type == "map" and isinstance(raw.get("over"), str) and not _is_template_str(raw["over"]):
+            self.error(f"{path}.over", "must be a list or a template that evaluates to one, "
+                                       "e.g. \"{{ input.items }}\"")
         skip = {"name", "type", "if", "match", "step", "branches"}
         for key, value in raw.items():
             if key in skip:
@@ -332,6 +343,11 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
         except jsonschema.SchemaError as exc:
             builder.error("input_schema" + ("." + _path(exc.absolute_path) if exc.absolute_path else ""),
                           f"not a valid JSON Schema: {exc.message}")
+        else:
+            declared = document["input_schema"].get("type", "object")
+            if declared != "object" and not (isinstance(declared, list) and "object" in declared):
+                builder.error("input_schema.type", f"run input is always a JSON object, so the schema's type "
+                                                   f"must be 'object', not {declared!r}")
     if builder.errors:
         raise DefinitionError(builder.errors, source)
     return WorkflowSpec(

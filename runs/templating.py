@@ -10,11 +10,13 @@ attribute access at render time, so ``{{ ''.__class__ }}``-style payloads never 
 from __future__ import annotations
 
 import functools
+import operator
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -27,27 +29,78 @@ class TemplateProblem(ValueError):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
+    # Multiplying a string or list, or raising to a power, can build gigabytes from a
+    # few characters of template; the sandbox only intercepts the operators listed here.
+    intercepted_binops = frozenset({"*", "**"})
+
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if attr.startswith("_"):
             return False
         return super().is_safe_attribute(obj, attr, value)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Templates read JSON: ``output.items`` means the key "items", not dict.items.
+        if isinstance(obj, Mapping) and isinstance(attribute, str) and not attribute.startswith("_"):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
+        return super().getattr(obj, attribute)
 
+    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
+        if op == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > _MAX_OUTPUT:
+                    raise SecurityError(f"{op!r} would build more than {_MAX_OUTPUT} items")
+            return operator.mul(left, right)
+        if op == "**":
+            if isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is larger than {_MAX_EXPONENT}")
+            return operator.pow(left, right)
+        return super().call_binop(context, op, left, right)
+
+
+_MAX_EXPONENT = 1000
 _env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.filters["tojson"] = __import__("json").dumps  # plain JSON, no HTML escaping
+# The classic SSTI gadgets; templates see input, steps, run (and item/index), nothing else.
+for _gadget in ("lipsum", "cycler", "joiner"):
+    _env.globals.pop(_gadget, None)
 
 
 def _check_ast(tree: nodes.Node) -> None:
-    for node in tree.find_all((nodes.Getattr, nodes.Name, nodes.Getitem)):
+    for node in tree.find_all((nodes.Getattr, nodes.Name, nodes.Getitem, nodes.Filter)):
         name: Any = None
         if isinstance(node, nodes.Getattr):
             name = node.attr
+            if name in ("format", "format_map") and isinstance(node.node, nodes.Const):
+                _check_format_string(node.node.value)
         elif isinstance(node, nodes.Name):
             name = node.name
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
             name = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args \
+                and isinstance(node.args[0], nodes.Const):
+            # ``x|attr('__class__')``; a computed name is refused by the sandbox at render time.
+            name = node.args[0].value
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateProblem(f"access to {name!r} is not allowed (names starting with '_' are private)")
+
+
+def _check_format_string(value: Any) -> None:
+    """``'{0.__class__}'.format(x)`` reaches attributes through a format field."""
+    if not isinstance(value, str):
+        return
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f]
+    except ValueError:
+        return  # not a valid format string: the call fails harmlessly at render time
+    for field_name in fields:
+        for part in re.split(r"[.\[\]]", field_name)[1:]:
+            if part.startswith("_"):
+                raise TemplateProblem(f"access to {part!r} in the format string {value!r} is not allowed "
+                                      "(names starting with '_' are private)")
 
 
 def _single_expression(source: str) -> str | None:
@@ -103,17 +156,42 @@ def _strip_braces(expr: str) -> str:
     return inner if inner is not None else expr
 
 
-def _evaluate(fn: Any, context: Mapping[str, Any], what: str) -> Any:
+def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = False) -> Any:
+    """Run compiled template code, turning every failure of user code into TemplateProblem."""
     try:
-        return fn(**context)
+        result = fn(**context)
+        # StrictUndefined only raises when used, and a bare expression returns it unused
+        # (also the sandbox's verdict on ``x|attr(name)``): fail here, not in json.dumps.
+        return _plain(result, what) if plain else _no_undefined(result)
+    except TemplateProblem:
+        raise
     except UndefinedError as exc:
         raise TemplateProblem(f"{what}: {exc.message}") from None
     except SecurityError as exc:
         raise TemplateProblem(f"{what}: refused by the sandbox: {exc}") from None
     except TemplateError as exc:
         raise TemplateProblem(f"{what}: {exc}") from None
-    except (TypeError, ValueError, ZeroDivisionError, KeyError, IndexError, AttributeError) as exc:
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError) as exc:
         raise TemplateProblem(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _no_undefined(value: Any) -> Any:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
+def _plain(value: Any, what: str) -> Any:
+    """A template's typed value must be JSON data (it is stored and handed to handlers)."""
+    _no_undefined(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, what) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, what) for k, v in value.items()}
+    raise TemplateProblem(f"{what}: evaluates to a {type(value).__name__}, not JSON data "
+                          "(a string, number, boolean, null, list or object)")
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:
@@ -122,17 +200,13 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
         if not is_template(value):
             return value
         expr = _single_expression(value)
+        what = f"template {value.strip()!r}"
         if expr is not None:
-            return _evaluate(_compile_expression(expr), context, f"template {value.strip()!r}")
-        template = _compile_template(value)
-        try:
-            text = template.render(**context)
-        except UndefinedError as exc:
-            raise TemplateProblem(f"template {value.strip()!r}: {exc.message}") from None
-        except SecurityError as exc:
-            raise TemplateProblem(f"template {value.strip()!r}: refused by the sandbox: {exc}") from None
-        except TemplateError as exc:
-            raise TemplateProblem(f"template {value.strip()!r}: {exc}") from None
+            result = _evaluate(_compile_expression(expr), context, what, plain=True)
+            if isinstance(result, str) and len(result) > _MAX_OUTPUT:
+                raise TemplateProblem(f"template {value.strip()[:60]!r} rendered more than {_MAX_OUTPUT} characters")
+            return result
+        text = _evaluate(lambda **ctx: _compile_template(value).render(**ctx), context, what)
         if len(text) > _MAX_OUTPUT:
             raise TemplateProblem(f"template {value.strip()[:60]!r} rendered more than {_MAX_OUTPUT} characters")
         return text

@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
-from runs.definitions import DefinitionError
-from runs.services import definition_files, load_workflow_text
+from runs.definitions import DefinitionError, handler_registered, parse_text, validate
+from runs.services import definition_files, load_workflow
 
 
 class Command(BaseCommand):
@@ -21,14 +22,23 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if not files:
             raise CommandError("no .yaml, .yml or .json files found in " + ", ".join(options["paths"]))
-        failures = []
+        # All or nothing: a deploy that loads a folder must not end half-updated.
+        failures, documents = [], []
         for path in files:
             try:
-                result = load_workflow_text(path.read_text(), source=str(path))
+                document = parse_text(path.read_text(), source=str(path))
+                validate(document, source=str(path), handler_exists=handler_registered)
             except DefinitionError as exc:
                 failures.append(str(exc))
                 continue
+            except (OSError, UnicodeDecodeError) as exc:
+                failures.append(f"{path}: cannot read: {exc}")
+                continue
+            documents.append((path, document))
+        if failures:
+            raise CommandError("\n".join(failures) + "\nnothing was stored")
+        with transaction.atomic():
+            results = [load_workflow(document, source=str(path)) for path, document in documents]
+        for result in results:
             note = "" if result.created else " (unchanged)"
             self.stdout.write(f"{result.workflow.name} v{result.workflow.version}{note}")
-        if failures:
-            raise CommandError("\n".join(failures))
