@@ -161,6 +161,13 @@ def _malformed(what: str, body: Any = None) -> ProviderError:
     return ProviderError(f"malformed response: {what}", permanent=False, body=body)
 
 
+def join_url(root: str, path: str) -> str:
+    """``base_url`` may be given with or without its ``/v1`` (Ollama's docs say ``.../v1``)."""
+    if root.endswith("/v1") and path.startswith("/v1/"):
+        return root + path[3:]
+    return root + path
+
+
 class Client:
     kind = ""
 
@@ -214,7 +221,7 @@ class OpenAIClient(Client):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return HttpRequest(provider.url_root + provider.options.get("path", self.path), headers, body)
+        return HttpRequest(join_url(provider.url_root, provider.options.get("path", self.path)), headers, body)
 
     def parse(self, provider: Provider, body: Any) -> ChatResult:
         try:
@@ -287,7 +294,7 @@ class AnthropicClient(Client):
                    "anthropic-version": provider.options.get("anthropic_version", "2023-06-01")}
         if key:
             headers["x-api-key"] = key
-        return HttpRequest(provider.url_root + provider.options.get("path", self.path), headers, body)
+        return HttpRequest(join_url(provider.url_root, provider.options.get("path", self.path)), headers, body)
 
     def parse(self, provider: Provider, body: Any) -> ChatResult:
         if not isinstance(body, dict) or not isinstance(body.get("content"), list):
