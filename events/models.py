@@ -39,7 +39,7 @@ class Event(models.Model):
     def as_output(self) -> dict[str, object]:
         return {
             "id": self.pk, "name": self.name, "key": self.key, "payload": self.payload, "event_id": self.event_id,
-            "received_at": self.received_at.isoformat() if self.received_at else None,
+            "received_at": self.received_at.isoformat() if self.received_at else None, "timed_out": False,
         }
 
 

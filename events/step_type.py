@@ -75,7 +75,9 @@ class ExternalEventType(types.StepType):
         EventWait.objects.filter(step_id=step.pk).delete()
         name = spec.raw["event"]
         if spec.raw.get("on_timeout", "fail") == "continue":
-            return types.Complete({"timed_out": True, "event": None, "name": name, "key": step.state.get("key")})
+            # The same shape as a delivered event, so later steps can test ``output.timed_out``.
+            return types.Complete({"id": None, "name": name, "key": step.state.get("key"), "payload": None,
+                                   "event_id": None, "received_at": None, "timed_out": True})
         return types.Fail({"type": "event_timeout",
                            "message": f"no event {name!r} (key {step.state.get('key')!r}) arrived within "
                                       f"{spec.timeout_seconds}s"})
