@@ -53,7 +53,7 @@ class WorkflowNameFilter(admin.SimpleListFilter):
         return queryset.filter(workflow_name=self.value()) if self.value() else queryset
 
 
-def _control_action(service: Callable[..., Run], verb: str) -> Callable[..., None]:
+def _control_action(service: Callable[..., Run], name: str, verb: str) -> Callable[..., None]:
     def action(modeladmin: RunAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         changed, refused = 0, []
         for run_id in queryset.values_list("pk", flat=True)[:1000]:
@@ -71,18 +71,18 @@ def _control_action(service: Callable[..., Run], verb: str) -> Callable[..., Non
         if not changed and not refused:
             modeladmin.message_user(request, f"0 runs {verb}.", messages.INFO)
 
-    action.__name__ = f"{verb}_runs"
+    action.__name__ = f"{name}_runs"
     return action
 
 
 cancel_runs = admin.action(description="Cancel selected runs", permissions=["change"])(
-    _control_action(services.cancel_run, "cancelled"))
+    _control_action(services.cancel_run, "cancel", "cancelled"))
 pause_runs = admin.action(description="Pause selected runs", permissions=["change"])(
-    _control_action(services.pause_run, "paused"))
+    _control_action(services.pause_run, "pause", "paused"))
 resume_runs = admin.action(description="Resume selected (paused) runs", permissions=["change"])(
-    _control_action(services.resume_run, "resumed"))
+    _control_action(services.resume_run, "resume", "resumed"))
 retry_runs = admin.action(description="Retry selected (failed) runs", permissions=["change"])(
-    _control_action(services.retry_run, "retried"))
+    _control_action(services.retry_run, "retry", "retried"))
 
 CONTROLS: dict[str, tuple[Callable[..., Run], str]] = {
     "cancel": (services.cancel_run, "cancelled"), "pause": (services.pause_run, "paused"),
