@@ -280,8 +280,9 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
             nonlocal tracked
             if err.counts_for_breaker:
                 tracked = True
-                if breaker.failed(provider, str(err), probe=probe):
-                    logger.warning("provider %s: circuit opened after %s", provider.name, err)
+                reason = scrub(str(err), scope.secrets)
+                if breaker.failed(provider, reason, probe=probe):
+                    logger.warning("provider %s: circuit opened after %s", provider.name, reason)
 
         try:
             result = _call_provider(provider, model, req, scope, round_number, key,

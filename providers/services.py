@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -94,6 +95,8 @@ def _load_provider(path: str, raw: Any, summary: LoadSummary) -> list[tuple[str,
     provider = Provider.objects.filter(name=raw["name"]).first() or Provider(name=raw["name"])
     created = provider.pk is None
     for key, value in raw.items():
+        if key.endswith("_per_mtok") and isinstance(value, float):
+            value = Decimal(str(value))  # 0.15, not 0.1499999999999999944...
         setattr(provider, key, value if value is not None else "")
     try:
         provider.full_clean()

@@ -1,0 +1,57 @@
+"""Provider keys come from the environment (or NAME_FILE) only: they reach the provider's
+server, and appear in no database row and no log line — even when a server echoes them."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runs.services import start_run
+from tests.conftest import wait_for_run
+from tests.support.llm_server import (  # noqa: F401  (fixtures)
+    llm_server_fixture,
+    llm_server_session_fixture,
+    llm_workflow,
+    make_provider,
+    output_of,
+)
+from tests.support.workers import ROOT, subprocess_env
+
+
+def test_no_key_appears_in_any_row_or_log_line(fresh_engine: Any, workflow: Any, llm_server: Any, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    openai_key = "sk-test-" + secrets.token_hex(20)
+    anthropic_key = "sk-ant-test-" + secrets.token_hex(20)
+    key_file = tmp_path / "anthropic.key"
+    key_file.write_text(anthropic_key + "\n")
+    make_provider(llm_server, "keyed", kind="openai", api_key_env="STEVORA_TEST_OPENAI_KEY", max_retries=0)
+    make_provider(llm_server, "keyed-file", kind="anthropic", api_key_env="STEVORA_TEST_ANTHROPIC_KEY")
+    # The first server rejects the key and quotes it back in its error body, as some do.
+    llm_server.script("keyed", {"status": 401, "echo_auth": True, "type": "invalid_api_key"})
+    llm_server.script("keyed-file", {"status": 500, "echo_auth": True}, {"text": "answered"})
+    workflow(llm_workflow("secret", provider="keyed", fallback=["keyed-file"]))
+    worker = fresh_engine(STEVORA_TEST_OPENAI_KEY=openai_key, STEVORA_TEST_ANTHROPIC_KEY_FILE=str(key_file),
+                          LOG_LEVEL="DEBUG", STEVORA_LOG_LEVEL="DEBUG")
+    run = wait_for_run(start_run("secret", {}).run.pk)
+
+    assert run.status == "completed", run.error
+    assert output_of(run)["provider"] == "keyed-file"
+    # The keys did reach the servers, in each vendor's header.
+    assert llm_server.requests("keyed")[0]["headers"]["Authorization"] == f"Bearer {openai_key}"
+    assert llm_server.requests("keyed-file")[0]["headers"]["x-api-key"] == anthropic_key
+
+    dump = subprocess.run([sys.executable, "manage.py", "dumpdata", "--indent", "0"], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, check=True).stdout
+    assert "invalid_api_key" in dump and "[redacted]" in dump  # the calls are there, scrubbed
+    worker.stop()
+    logs = worker.log_path.read_text(errors="replace") + caplog.text
+    for key in (openai_key, anthropic_key, openai_key[8:], anthropic_key[12:]):
+        assert key not in dump
+        assert key not in logs
