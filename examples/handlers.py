@@ -43,3 +43,28 @@ def keywords(ctx: StepContext) -> list[str]:
 @handler("demo.publish")
 def publish(ctx: StepContext) -> dict[str, Any]:
     return {"published": True, "summary": ctx.config}
+
+
+# --- tools of the agent-research workflow (an llm step calls them) ----------------------
+
+_LIBRARY = [
+    "Sea otters hold hands while they sleep so they do not drift apart.",
+    "A group of otters resting in the water is called a raft.",
+    "Otters have the densest fur of any animal: up to a million hairs per square inch.",
+    "Sea otters use stones as tools to crack open shellfish.",
+    "Llamas hum to communicate and are used as guard animals for sheep.",
+    "Honeybees communicate the location of flowers with a waggle dance.",
+]
+
+
+@handler("demo.search_notes")
+def search_notes(ctx: StepContext) -> dict[str, Any]:
+    """Search a small offline library; a real deployment would call a search API here."""
+    words = {w.lower().strip(".,") for w in str(ctx.config.get("query", "")).split() if len(w) > 2}
+    hits = [line for line in _LIBRARY if words & {w.lower().strip(".,:") for w in line.split()}]
+    return {"query": ctx.config.get("query"), "snippets": hits[:3] or ["no notes match; write from the research"]}
+
+
+@handler("demo.word_count")
+def word_count(ctx: StepContext) -> dict[str, Any]:
+    return {"words": len(str(ctx.config.get("text", "")).split())}
