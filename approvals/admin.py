@@ -49,7 +49,7 @@ class StatusFilter(admin.SimpleListFilter):
 
 @admin.register(Approval)
 class ApprovalAdmin(admin.ModelAdmin):
-    list_display = ("what", "workflow_name", "run_link", "waited", "expires", "status", "decided_by_name")
+    list_display = ("what", "workflow", "run_link", "waited", "expires", "status", "decided_by")
     list_display_links = ("what",)
     list_filter = (StatusFilter, "workflow_name")
     search_fields = ("workflow_name", "step_key", "instructions")
@@ -71,6 +71,18 @@ class ApprovalAdmin(admin.ModelAdmin):
     def what(self, obj: Approval) -> str:
         text = obj.instructions or admin_timeline.pretty(obj.content)
         return f"{obj.step_key}: {text[:80]}{'…' if len(text) > 80 else ''}"
+
+    @admin.display(description="workflow", ordering="workflow_name")
+    def workflow(self, obj: Approval) -> str:
+        return obj.workflow_name
+
+    @admin.display(description="decided by", ordering="decided_by_name")
+    def decided_by(self, obj: Approval) -> str:
+        return obj.decided_by_name or "—"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        title = "Approval inbox" if request.GET.get("status", "pending") == "pending" else "Approvals"
+        return super().changelist_view(request, {"title": title, **(extra_context or {})})
 
     @admin.display(description="run")
     def run_link(self, obj: Approval) -> str:

@@ -14,6 +14,7 @@ from .models import Event, EventMatch, EventWait
 
 class ReadOnly(admin.ModelAdmin):
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -102,11 +102,12 @@ def _llm_calls(steps: list[StepExecution]) -> dict[int, list[dict[str, Any]]]:
     if step_field is None:
         return {}
     for call in model.objects.filter(step__in=steps).order_by("pk"):
-        out.setdefault(call.step_id, []).append({
-            name: getattr(call, name, None) for name in (
-                "pk", "provider", "model", "status", "attempt", "input_tokens", "output_tokens", "cost_usd",
-                "latency_ms", "error", "created_at")
-        })
+        row = {name: getattr(call, name, None) for name in (
+            "pk", "provider_name", "model", "status", "step_attempt", "round", "try_number", "input_tokens",
+            "output_tokens", "cost_usd", "latency_ms", "error", "http_status", "started_at")}
+        if row["latency_ms"] is not None:
+            row["latency_ms"] = round(float(row["latency_ms"]))
+        out.setdefault(call.step_id, []).append(row)
     return out
 
 

@@ -24,6 +24,7 @@ class StepExecutionAdmin(admin.ModelAdmin):
     search_fields = ("run__id",)
     search_help_text = "A run id (UUID)."
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
     list_per_page = 100
     readonly_fields = [f.name for f in StepExecution._meta.fields]

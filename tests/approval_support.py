@@ -60,9 +60,9 @@ def queued_messages() -> int:
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    waiting = int(client.llen(queue))  # type: ignore[arg-type]
+    waiting = int(client.llen(queue))
     reserved = 0
-    for raw in client.hvals("unacked"):  # type: ignore[union-attr]
+    for raw in client.hvals("unacked"):
         try:
             _, _, routing_key = json.loads(raw)
         except (ValueError, TypeError):

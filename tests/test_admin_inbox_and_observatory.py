@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index,type-var"
 """The admin as approval inbox and run observatory, through Django's test client."""
 
 from __future__ import annotations
@@ -127,3 +128,24 @@ def test_the_run_list_filters_searches_and_acts_through_the_services(
     assert "1 run cancelled." in again and "1 run not cancelled" in again
     page = client.post(reverse("admin:runs_run_control", args=[runs[2].pk, "retry"]), follow=True)
     assert "0 runs retried" in page.content.decode()
+
+
+def test_a_steps_llm_calls_appear_with_tokens_and_cost(engine: Any, workflow: Any, alice: User) -> None:
+    from runs.admin_timeline import llm_call_model
+
+    model = llm_call_model()
+    if model is None:
+        import pytest
+
+        pytest.skip("providers.LLMCall is not installed")
+    from steps.models import StepExecution
+
+    workflow({"name": "one-step", "steps": [{"name": "only", "type": "task", "handler": "test.value",
+                                             "config": {"value": 1}}]})
+    run = wait_for_run(start_run("one-step", {}).run.pk)
+    step = StepExecution.objects.get(run_id=run.pk, key="only")
+    model.objects.create(step=step, run=run, provider_name="fake-provider", kind="chat", model="tiny-model",
+                         status="succeeded", input_tokens=1234, output_tokens=56, cost_usd="0.004200",
+                         latency_ms=87.4)
+    html = client_for(alice).get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
+    assert "llm-calls" in html and "tiny-model" in html and "1234 / 56" in html and "$0.004200" in html

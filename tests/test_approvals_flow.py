@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index,type-var"
 """Approval steps end to end with a real engine (Celery workers on PostgreSQL + Redis, or embedded)."""
 
 from __future__ import annotations

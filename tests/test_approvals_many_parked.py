@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index,type-var"
 """1,000 runs parked on approvals hold no worker slot and no message; approving them all finishes them all.
 
 Times are printed (run with -s), never asserted.

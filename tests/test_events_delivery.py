@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index,type-var"
 """External-event steps with a real engine: key and expression matching, lookback, dedup, timeout."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def order_workflow(name: str = "order-flow", **wait: Any) -> dict[str, Any]:
     return {"name": name, "steps": [
         step,
         {"name": "ship", "type": "task", "handler": "test.value",
-         "config": {"value": {"amount": "{{ 0 if steps.paid.output.timed_out else steps.paid.output.payload.amount }}"}}},
+         "config": {"value": {
+             "amount": "{{ 0 if steps.paid.output.timed_out else steps.paid.output.payload.amount }}"}}},
     ]}
 
 
