@@ -37,9 +37,7 @@ def run_as_json(run: Run) -> dict[str, Any]:
     return {
         "id": str(run.pk), "workflow": run.workflow_name, "version": run.workflow.version,
         "status": run.status, "input": run.input, "output": run.output, "error": _public_error(run.error),
-        "created_at": _iso(run.created_at), "finished_at": _iso(run.finished_at),
-        "parent_run": str(run.parent_run_id) if run.parent_run_id else None,
-        "steps": steps,
+        "steps": steps,  # exactly these keys: scripts parse them (issue 2, "Commands")
     }
 
 

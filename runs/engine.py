@@ -96,17 +96,24 @@ def workflow_spec(run: Run) -> WorkflowSpec:
 
 
 class StepsView(Mapping[str, Any]):
-    """``steps.<name>`` in templates: the latest visit of each step, loaded on first use."""
+    """``steps.<name>`` in templates: the latest visit of each step, loaded on first use.
 
-    def __init__(self, run_id: Any) -> None:
+    The step being rendered is left out, so in a loop ``steps.<itself>`` is its previous
+    visit (its own row has no output yet).
+    """
+
+    def __init__(self, run_id: Any, exclude: int | None = None) -> None:
         self._run_id = run_id
+        self._exclude = exclude
         self._data: dict[str, Any] | None = None
 
     def _load(self) -> dict[str, Any]:
         if self._data is None:
             data: dict[str, Any] = {}
-            rows = (StepExecution.objects.filter(run_id=self._run_id)
-                    .order_by("id").values("name", "key", "status", "output", "error", "attempt"))
+            qs = StepExecution.objects.filter(run_id=self._run_id)
+            if self._exclude is not None:
+                qs = qs.exclude(pk=self._exclude)
+            rows = qs.order_by("id").values("name", "key", "status", "output", "error", "attempt")
             for row in rows:
                 data[row["name"]] = {
                     "output": row["output"], "status": row["status"], "error": row["error"],
@@ -128,7 +135,7 @@ class StepsView(Mapping[str, Any]):
 def template_context(run: Run, step: StepExecution | None = None, **extra: Any) -> dict[str, Any]:
     context: dict[str, Any] = {
         "input": run.input,
-        "steps": StepsView(run.pk),
+        "steps": StepsView(run.pk, exclude=step.pk if step is not None else None),
         "run": {"id": str(run.pk), "workflow": run.workflow_name, "version": run.workflow.version},
     }
     if step is not None and step.item_index is not None:
@@ -331,6 +338,12 @@ def _start_child(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> s
         )
     except StartError as exc:
         return step_types.Fail(error_dict("child_start_failed", str(exc), errors=getattr(exc, "errors", None)))
+    if child.is_terminal:
+        # The child ended inside this transaction (only inline steps, or failed at once); it
+        # could not tell this step, which was not waiting yet.
+        StepExecution.objects.filter(pk=row.pk).update(state={"child_run": str(child.pk)})
+        row.state = {"child_run": str(child.pk)}
+        return _child_outcome(child)
     StepExecution.objects.filter(pk=row.pk).update(status=StepStatus.WAITING, state={"child_run": str(child.pk)})
     row.status, row.state = StepStatus.WAITING, {"child_run": str(child.pk)}
     fx.event(run.pk, "child_started", row.key, data={"child_run": str(child.pk)})
@@ -456,7 +469,8 @@ def step_failed(run: Run, wf: WorkflowSpec, row: StepExecution, spec: StepSpec, 
     if row.parent_id is not None:
         _fail_parent(run, wf, StepExecution.objects.get(pk=_id(row.parent_id)), row.key, error, fx)
         return
-    finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": row.key})
+    # A fan-out failed because of one of its children: name that child (retry_run reopens it).
+    finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": error.get("step") or row.key})
 
 
 def _fail_parent(run: Run, wf: WorkflowSpec, parent: StepExecution, child_key: str, error: dict[str, Any],
@@ -563,17 +577,18 @@ def _notify_parent(child: Run, fx: Effects) -> None:
         return
     parent_wf = workflow_spec(parent_run)
     spec = _spec_of(parent_wf, step)
-    outcome: step_types.Outcome
-    if child.status == RunStatus.COMPLETED:
-        outcome = step_types.Complete(child.output)
-    else:
-        outcome = step_types.Fail(error_dict(
-            f"child_{child.status}", f"child run {child.pk} ({child.workflow_name}) {child.status}"
-            + (f": {child.error.get('message')}" if child.error else ""),
-            child_run=str(child.pk)))
-    apply_outcome(parent_run, parent_wf, spec, step, outcome, fx, from_status=StepStatus.WAITING)
+    apply_outcome(parent_run, parent_wf, spec, step, _child_outcome(child), fx, from_status=StepStatus.WAITING)
     if parent_run.status == RunStatus.WAITING:
         refresh_run_status(parent_run, fx)
+
+
+def _child_outcome(child: Run) -> step_types.Outcome:
+    if child.status == RunStatus.COMPLETED:
+        return step_types.Complete(child.output)
+    return step_types.Fail(error_dict(
+        f"child_{child.status}", f"child run {child.pk} ({child.workflow_name}) {child.status}"
+        + (f": {child.error.get('message')}" if child.error else ""),
+        child_run=str(child.pk)))
 
 
 def _spec_of(wf: WorkflowSpec, row: StepExecution) -> StepSpec:

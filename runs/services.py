@@ -281,7 +281,11 @@ def retry_run(run_id: Any, *, actor: str = "") -> Run:
         if not root_key:
             raise IllegalTransition(f"run {run.pk} did not fail in a step (it failed with "
                                     f"{(run.error or {}).get('type')!r}); start a new run instead")
-        root = StepExecution.objects.get(run_id=run.pk, key=root_key)
+        root = StepExecution.objects.filter(run_id=run.pk, key=root_key).first()
+        if root is None or root.status != StepStatus.FAILED:
+            # e.g. max_visits refused a visit that never got a row: retrying would loop again.
+            raise IllegalTransition(f"run {run.pk} failed with {(run.error or {}).get('type')!r} before step "
+                                    f"{root_key!r} could run; fix the cause and start a new run instead")
         Run.objects.filter(pk=run.pk, status=RunStatus.FAILED).update(
             status=RunStatus.RUNNING, error=None, finished_at=None)
         run.status = RunStatus.RUNNING

@@ -10,6 +10,7 @@ attribute access at render time, so ``{{ ''.__class__ }}``-style payloads never 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
 import string
@@ -184,6 +185,8 @@ def _no_undefined(value: Any) -> Any:
 def _plain(value: Any, what: str) -> Any:
     """A template's typed value must be JSON data (it is stored and handed to handlers)."""
     _no_undefined(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TemplateProblem(f"{what}: evaluates to {value}, which is not a JSON number")
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, (list, tuple)):

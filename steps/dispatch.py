@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 from celery import group
 from django.conf import settings
@@ -63,9 +64,25 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
             # Fan-out: one group; the join is decided in the database, never in a chord.
             group(run_step.si(step_id) for step_id in step_ids).apply_async()
         for step_id, delay in countdowns or []:
-            run_step.apply_async((step_id,), countdown=max(0.0, delay))
+            if settings.IS_EMBEDDED_BROKER:
+                # The embedded worker runs countdown messages on Celery's timer thread, where
+                # a step's timeout cannot interrupt it; publish when due, for the main thread.
+                timer = threading.Timer(max(0.0, delay), _publish_later, args=(step_id,))
+                timer.daemon = True
+                timer.start()
+            else:
+                run_step.apply_async((step_id,), countdown=max(0.0, delay))
     except Exception:  # broker down: the reconciler re-publishes from the rows
         logger.exception("publishing steps %s failed; the reconciler will retry", step_ids)
+
+
+def _publish_later(step_id: int) -> None:
+    from .tasks import run_step
+
+    try:
+        run_step.apply_async((step_id,))
+    except Exception:
+        logger.exception("publishing step %s failed; the reconciler will retry", step_id)
 
 
 def dispatch_wakes(wakes: list[tuple[int, float]]) -> None:

@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import timedelta
@@ -91,9 +92,13 @@ def claim(step_id: int) -> StepExecution | None:
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise StepTimeout in this thread after ``seconds`` (SIGALRM in the main thread)."""
     if not seconds or threading.current_thread() is not threading.main_thread():
-        # Off the main thread there is no safe way to interrupt user code; the lease
-        # and the fenced commit still keep the result correct.
+        # Off the main thread there is no safe way to interrupt user code, but a step
+        # that overran its timeout still counts as timed out: its result is discarded.
+        started = time.monotonic()
         yield
+        if seconds and time.monotonic() - started > seconds:
+            raise StepTimeout(f"step exceeded its timeout of {seconds}s (it could not be interrupted "
+                              "here, so it ran to the end and its result was discarded)")
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
@@ -150,7 +155,8 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
         with time_limit(spec.timeout_seconds):
             output = step_type.execute(invocation)
         try:
-            json.dumps(output)
+            # allow_nan=False: NaN is not JSON, and PostgreSQL's jsonb refuses it at commit.
+            json.dumps(output, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NotJSONSerializable(f"handler output is not JSON-serialisable: {exc}") from None
     except Exception as exc:

@@ -66,3 +66,18 @@ def value(ctx: StepContext) -> Any:
 @handler("test.not_json")
 def not_json(ctx: StepContext) -> Any:
     return {"when": object()}
+
+
+@handler("test.slow_first")
+def slow_first(ctx: StepContext) -> dict[str, Any]:
+    """Sleep ``seconds`` on the first ``times`` attempts (to run into a timeout), then answer."""
+    config = ctx.config or {}
+    if ctx.attempt <= int(config.get("times", 1)):
+        time.sleep(float(config.get("seconds", 5)))
+    return {"attempt": ctx.attempt}
+
+
+@handler("test.nan")
+def nan(ctx: StepContext) -> Any:
+    """Output that json.dumps accepts by default but JSON (and PostgreSQL's jsonb) does not."""
+    return {"ratio": float("nan")}
