@@ -73,8 +73,10 @@ class Approval(models.Model):
         permissions = [("decide_approval", "Can decide approvals")]
         ordering = ["requested_at", "id"]
         constraints = [
-            # One approval per step visit (a loop's second visit is another step row).
-            models.UniqueConstraint(fields=["step"], name="approval_one_per_step"),
+            # One open request per step visit (a loop's second visit is another step row). Only
+            # pending ones: a step that is retried after its approval expired asks again.
+            models.UniqueConstraint(fields=["step"], condition=Q(status="pending"),
+                                    name="approval_one_pending_per_step"),
         ]
         indexes = [
             # The inbox and pending_approvals: pending requests, oldest first.

@@ -74,7 +74,7 @@ class ApprovalType(types.StepType):
 
     def wake(self, run: Run, step: StepExecution, spec: StepSpec) -> types.Outcome:
         """Nobody decided before ``expires_at``: expire the request and apply ``on_timeout``."""
-        approval = Approval.objects.filter(step_id=step.pk).first()
+        approval = Approval.objects.filter(step_id=step.pk).order_by("-id").first()
         if approval is None:
             return types.Fail({"type": "approval_missing", "message": f"step {step.key} has no approval request"})
         now = timezone.now()
