@@ -28,6 +28,7 @@ from steps.models import STEP_OPEN, StepExecution, StepStatus
 
 from .definitions import END, StepSpec, WorkflowSpec, spec_for
 from .models import RUN_ACTIVE, IllegalTransition, Run, RunEvent, RunStatus, Workflow
+from .revisits import revisitable
 from .templating import TemplateProblem, evaluate, render_value
 
 logger = logging.getLogger("stevora.engine")
@@ -174,6 +175,8 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     if item_index is not None:
         assert parent is not None
         key, visit = f"{parent.key}[{item_index}]", 1
+    elif spec.name not in revisitable(wf):
+        key, visit = spec.name, 1  # no jump leads back here: the first visit, no COUNT needed
     else:
         key, visit = _visit_key(run, spec.name)
         if visit > spec.max_visits:
