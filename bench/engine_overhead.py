@@ -483,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'    spread over rounds (b) steps/s':40s} "
                   f"{_spread(results['stevora']['tput'], lambda v: f'{v:.0f}'):>10s} "
                   f"{_spread(results['raw']['tput'], lambda v: f'{v:.0f}'):>10s}")
+            step_ratios = [o / r for o, r in zip(results["stevora"]["step"], results["raw"]["step"], strict=True)]
+            tput_ratios = [o / r for o, r in zip(results["stevora"]["tput"], results["raw"]["tput"], strict=True)]
+            print(f"{'    ratio per round (a), (b)':40s} {' '.join(f'{x:.2f}' for x in step_ratios)}; "
+                  f"{' '.join(f'{x:.2f}' for x in tput_ratios)} (medians {statistics.median(step_ratios):.2f}, "
+                  f"{statistics.median(tput_ratios):.2f})")
             print(f"fast path: {fast[0]}/{fast[1]} task steps claimed by the worker that committed their "
                   f"predecessor (no broker message); worker DB connections reused across tasks: "
                   f"{'yes' if reused else 'NO'}")

@@ -32,6 +32,7 @@ from runs.definitions import RetryPolicy, StepSpec, WorkflowSpec
 from runs.models import Run, RunStatus
 from runs.templating import TemplateProblem
 
+from . import fastcommit
 from . import types as step_types
 from .dispatch import can_publish, fault_point
 from .handlers import PermanentError, RetryableError, StepContext
@@ -174,6 +175,15 @@ def _fence(row: StepExecution, owner: str) -> Any:
 def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output: Any, owner: str, *,
                    rendered: Any = None) -> StepExecution | None:
     t = timezone.now()
+    target = fastcommit.successor(row, spec, wf)
+    if target is not None:
+        # The sequential common case in one SQL statement; if its fence or run check did
+        # not match, nothing was written and the general commit below decides.
+        claimed = fastcommit.commit_and_claim(row, target, output, rendered, owner, t, lease_seconds(),
+                                              _attempt_data(row, owner, t))
+        if claimed is not fastcommit.NOT_APPLIED:
+            fault_point("after_commit")
+            return claimed  # type: ignore[return-value]
     with transaction.atomic():
         run = engine.lock_run(row.run_id)
         updated = _fence(row, owner).update(

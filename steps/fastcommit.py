@@ -1,0 +1,148 @@
+"""The hot path's commit in one SQL statement (PostgreSQL).
+
+The common case of a sequential workflow: a ``task`` step at the top level completes
+and its successor is a work step that no jump can bring round again. The general
+commit (``executor.commit_success``) then costs seven round trips and most of a
+millisecond of ORM query building each: BEGIN, lock the run, fenced UPDATE, INSERT
+the successor (claimed by this worker), INSERT the history, COMMIT. Here the same
+writes are one statement, one implicit transaction::
+
+    WITH run     AS (SELECT status FROM runs_run WHERE id = … FOR UPDATE),
+         done    AS (UPDATE steps_stepexecution SET status = 'completed', …
+                     WHERE id = … AND status = 'running' AND lease_owner = … AND attempt = …
+                       AND EXISTS (SELECT 1 FROM run WHERE status = 'running') RETURNING id),
+         nxt     AS (INSERT INTO steps_stepexecution (…) SELECT … FROM done RETURNING id),
+         history AS (INSERT INTO runs_runevent (…) SELECT … FROM done UNION ALL …)
+    SELECT id FROM nxt
+
+Why it is the same protocol (DESIGN §4):
+
+- the run row is locked first (the one lock order of ``runs.engine``): the fence's
+  ``EXISTS`` is an init plan, evaluated before the step row is even scanned;
+- the fence is the same conditional UPDATE (status running, our lease, our attempt);
+  under READ COMMITTED a step that a sweep recovered meanwhile is re-checked on its
+  newest version and not updated;
+- the successor and both history rows are written only if the fence matched
+  (``FROM done``), in the same transaction as the result; nothing is published
+  (the successor is claimed by this worker, exactly as ``engine.activate`` does it);
+- if nothing matched (a lost lease, a run that is no longer ``running``: paused,
+  cancelled), nothing was written and the caller runs the general commit, which
+  decides what to do as before.
+
+Rows are built by the models' own fields (``pre_save``/``get_db_prep_save``), so new
+columns with Python defaults are filled here too.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from django.db import connection
+from django.db.models import Field, Model
+
+from runs.definitions import END, StepSpec, WorkflowSpec
+from runs.models import Run, RunEvent, RunStatus
+from runs.revisits import revisitable
+
+from . import types as step_types
+from .models import StepExecution, StepStatus
+
+_NOT_APPLICABLE = object()
+
+
+def successor(row: StepExecution, spec: StepSpec, wf: WorkflowSpec) -> StepSpec | None:
+    """The successor the one-statement commit can take, or None (use the general commit)."""
+    if (connection.vendor != "postgresql" or row.type != "task" or row.parent_id is not None
+            or row.item_index is not None or row.run.status != RunStatus.RUNNING):
+        return None
+    if not connection.get_autocommit() or connection.in_atomic_block:
+        return None  # inside someone's transaction: the general path keeps its semantics
+    if spec.next == END:
+        return None
+    target = wf.by_name.get(spec.next) if spec.next is not None else wf.following(spec)
+    if (target is None or target.sequence != spec.sequence or not step_types.is_work(target.type)
+            or target.name in revisitable(wf)):
+        return None
+    return target
+
+
+def _fields(model: type[Model]) -> list[Field[Any, Any]]:
+    return [f for f in model._meta.local_concrete_fields if not f.primary_key]
+
+
+def _insert_sql(model: type[Model], rows: int) -> str:
+    qn = connection.ops.quote_name
+    fields = _fields(model)
+    select = "SELECT " + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields) + " FROM done"
+    return (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+            + " UNION ALL ".join([select] * rows))
+
+
+@functools.cache
+def _statement() -> str:
+    """The statement's text: the same for every call (server-side prepared once per connection)."""
+    qn = connection.ops.quote_name
+    step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
+    return (
+        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = %s FOR UPDATE), "
+        f"done AS (UPDATE {step_table} SET {qn('status')} = %s, {qn('output')} = %s, {qn('input')} = %s, "
+        f"{qn('error')} = NULL, {qn('finished_at')} = %s, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
+        f"WHERE {qn('id')} = %s AND {qn('status')} = %s AND {qn('lease_owner')} = %s AND {qn('attempt')} = %s "
+        f"AND EXISTS (SELECT 1 FROM run WHERE {qn('status')} = %s) RETURNING {qn('id')}), "
+        f"nxt AS ({_insert_sql(StepExecution, 1)} RETURNING {qn('id')}), "
+        f"history AS ({_insert_sql(RunEvent, 2)}) "
+        f"SELECT {qn('id')} FROM nxt"
+    )
+
+
+def _values(obj: Model, params: list[Any]) -> None:
+    for f in _fields(type(obj)):
+        params.append(f.get_db_prep_save(f.pre_save(obj, True), connection))
+
+
+def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered: Any, owner: str, t: datetime,
+                     lease_seconds: float, completed_data: dict[str, Any]) -> StepExecution | object:
+    """Complete ``row`` and insert ``target`` claimed by ``owner``, in one statement.
+
+    Returns the claimed successor, or ``NOT_APPLIED`` when the fence or the run
+    status did not match (nothing was written).
+    """
+    def field(name: str) -> Field[Any, Any]:
+        return StepExecution._meta.get_field(name)  # type: ignore[return-value]
+
+    nxt = StepExecution(
+        run_id=row.run_id, key=target.name, name=target.name, type=target.type, parent=None, branch=row.branch,
+        item_index=None, visit=1, max_attempts=target.retry.max_attempts, ready_at=t, state={},
+        status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds),
+        attempt=1, started_at=t, dispatched_at=t,
+    )
+    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field("output").get_db_prep_save(output, connection),
+                         field("input").get_db_prep_save(rendered, connection),
+                         field("finished_at").get_db_prep_save(t, connection),
+                         row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING]
+    _values(nxt, params)
+    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
+    _values(RunEvent(run_id=row.run_id, kind="step_ready", step_key=target.name, data={"type": target.type}),
+            params)
+    # Server-side binding, prepared: the statement is parsed and planned once per connection.
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    # Django's cursors bind on the client; this one binds on the server, so it can be prepared.
+    with psycopg.Cursor(raw) as cursor:
+        cursor.execute(_statement(), params, prepare=True)
+        got = cursor.fetchone()
+    if got is None:
+        return NOT_APPLIED
+    nxt.pk = got[0]
+    nxt._state.adding = False
+    nxt._state.db = connection.alias
+    row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
+    nxt.run = row.run
+    return nxt
+
+
+NOT_APPLIED = _NOT_APPLICABLE
