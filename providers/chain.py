@@ -57,6 +57,8 @@ class Scope:
     run_id: Any = None
     step_attempt: int = 0
     secrets: list[str] = field(default_factory=list)
+    # Budgets are fixed when a run starts: a run without one skips the budget queries.
+    budgeted: bool = True
 
 
 @dataclass
@@ -166,10 +168,10 @@ def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body
     return cost, canonical
 
 
-def check_budget(run_id: Any, *, after_call: bool = False) -> None:
-    if run_id is None:
+def check_budget(scope: Scope, *, after_call: bool = False) -> None:
+    if scope.run_id is None or not scope.budgeted:
         return
-    row = Run.objects.filter(pk=run_id).values("input_tokens", "output_tokens", "cost_usd", "max_tokens",
+    row = Run.objects.filter(pk=scope.run_id).values("input_tokens", "output_tokens", "cost_usd", "max_tokens",
                                                "max_cost_usd").first()
     if row is None:
         return
@@ -207,7 +209,7 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
     def attempt() -> ChatResult:
         nonlocal tries
         tries += 1
-        check_budget(scope.run_id)
+        check_budget(scope)
         if provider.kind == ProviderKind.FAKE:
             http = HttpRequest(f"fake://{provider.name}", {}, {"model": model, "messages": req.messages,
                                                                "system": req.system, "tools": req.tools})
@@ -293,7 +295,7 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
             continue
         if tracked:
             breaker.succeeded(provider)
-        check_budget(scope.run_id, after_call=True)
+        check_budget(scope, after_call=True)
         reasons.append({"provider": provider.name, "model": model, "outcome": "answered"})
         return Answer(result, provider.name, result.model or model, reasons)
     summary = "; ".join(f"{r['provider']}: {r['reason']}" for r in reasons) or "the chain is empty"

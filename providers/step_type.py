@@ -95,7 +95,11 @@ class Agent:
         self.cfg: dict[str, Any] = invocation.ctx.config
         step = invocation.step
         self.step_id = step.pk
-        self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt)
+        run = invocation.run
+        self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
+                           budgeted=run.max_cost_usd is not None or run.max_tokens is not None)
+        # The first claim of a step has nothing recorded to replay or to mark abandoned.
+        self.first_attempt = step.attempt <= 1
         try:
             self.route = resolve(self.cfg)
         except ResolveError as exc:
@@ -110,9 +114,10 @@ class Agent:
         self.schema = self.cfg.get("output_schema")
         self.json = self.cfg.get("response_format") == "json" or self.schema is not None
         # A previous attempt's worker died mid-request: its rows stay as evidence, marked so.
-        LLMCall.objects.filter(step_id=step.pk, status=LLMCallStatus.STARTED, step_attempt__lt=step.attempt).update(
-            status=LLMCallStatus.ABANDONED, error="the worker of this attempt was lost before the answer",
-            finished_at=timezone.now())
+        if not self.first_attempt:
+            LLMCall.objects.filter(step_id=step.pk, status=LLMCallStatus.STARTED, step_attempt__lt=step.attempt).update(
+                status=LLMCallStatus.ABANDONED, error="the worker of this attempt was lost before the answer",
+                finished_at=timezone.now())
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -180,8 +185,9 @@ class Agent:
     # --- one model turn -----------------------------------------------------------------
 
     def turn(self, round_number: int, conversation: list[dict[str, Any]]) -> Answer:
-        recorded = (LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
-                    .values("result", "provider_name", "model").first())
+        recorded = None if self.first_attempt else (
+            LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
+            .values("result", "provider_name", "model").first())
         if recorded is not None and recorded["result"] is not None:
             result = ChatResult.from_json(recorded["result"])
             return Answer(result, recorded["provider_name"], result.model or recorded["model"],

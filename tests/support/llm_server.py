@@ -43,6 +43,10 @@ class LLMServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One buffered write per response and TCP_NODELAY: otherwise headers and body go out as
+            # two small segments and Nagle + delayed ACK add ~40 ms to every keep-alive request.
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

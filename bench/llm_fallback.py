@@ -1,0 +1,186 @@
+"""LLM fallback speed: a provider whose circuit is open costs (almost) nothing.
+
+Issue 3, "Speed". Against the local scripted server (tests/support/llm_server.py, a real
+HTTP server on 127.0.0.1), this script measures in one process:
+
+(a) breaker open: a primary answering 503 has had its circuit opened by the breaker; an
+    llm step naming it with a fallback. Time from the step's start (its claim) to the
+    fallback's answer, next to the same step naming the fallback directly. Ratio.
+(b) overhead per LLM call: our time around one call minus the server's time handling it,
+    for the chain alone (records, budget check, breaker, httpx) and for the whole step
+    (claim, render, call, fenced commit, run completion).
+(c) for context: the same step while the primary is still closed (503, retried, then
+    fallback) — what the breaker saves.
+
+Steps are executed by ``steps.executor.process_step`` in this process (no broker), so
+the numbers are the engine's and the chain's, not Celery's. Prints medians and ratios;
+never a test: the numbers depend on the machine and its load.
+
+    .venv/bin/python bench/llm_fallback.py                      # embedded SQLite
+    .venv/bin/python bench/llm_fallback.py --database-url postgres://postgres@127.0.0.1:5432/stevora_llm_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def configure(database_url: str | None) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "stevora_project.settings"
+    os.environ.pop("CELERY_BROKER_URL", None)  # embedded broker: nothing is published, we run steps here
+    os.environ["STEVORA_LOG_LEVEL"] = "ERROR"
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+        ensure_database(database_url)
+    else:
+        os.environ.pop("DATABASE_URL", None)
+        var = tempfile.mkdtemp(prefix="stevora-llm-bench-")
+        os.environ["STEVORA_VAR_DIR"] = var
+        os.environ["STEVORA_SQLITE_PATH"] = str(Path(var) / "bench.sqlite3")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: embedded SQLite)")
+    parser.add_argument("-n", type=int, default=200, help="steps per measurement")
+    args = parser.parse_args()
+    configure(args.database_url)
+
+    from django.db import connection
+
+    from providers.chain import Scope, complete
+    from providers.models import BreakerState, LLMCall, Provider, ProviderHealth
+    from providers.registry import Route
+    from providers.wire import ChatRequest
+    from runs.services import load_workflow, start_run
+    from steps.executor import process_step
+    from tests.support.llm_server import LLMServer
+
+    server = LLMServer().start()
+    common: dict[str, Any] = dict(kind="openai_compatible", timeout_seconds=5, max_retries=2, backoff_seconds=0.05,
+                                  max_backoff_seconds=0.2, connect_timeout_seconds=1)
+    Provider.objects.all().delete()
+    primary = Provider.objects.create(name="primary", model="p", base_url=server.url("primary"),
+                                      breaker_threshold=6, breaker_cooldown_seconds=3600, **common)
+    fallback = Provider.objects.create(name="fallback", model="f", base_url=server.url("fallback"), **common)
+    server.script("primary", default={"status": 503, "message": "unavailable"})
+    server.script("fallback", default={"text": "ok", "usage": (20, 5)})
+    message = [{"role": "user", "content": "ping"}]
+    load_workflow({"name": "bench-direct", "steps": [
+        {"name": "ask", "type": "llm", "provider": "fallback", "messages": message}]})
+    load_workflow({"name": "bench-fallback", "steps": [
+        {"name": "ask", "type": "llm", "provider": "primary", "fallback": ["fallback"], "messages": message}]})
+
+    def run_step(workflow: str) -> tuple[float, float, float]:
+        """(wall time of the whole step, step start -> fallback answer, server seconds) for one run."""
+        run = start_run(workflow, {}).run
+        step_id = run.steps.values_list("id", flat=True).get()
+        served = server.server_seconds
+        t0 = time.perf_counter()
+        process_step(step_id)
+        wall = time.perf_counter() - t0
+        step = run.steps.get()
+        answer = LLMCall.objects.filter(step_id=step_id, status="succeeded").get()
+        assert step.status == "completed", step.error
+        assert answer.finished_at is not None and step.started_at is not None
+        return wall, (answer.finished_at - step.started_at).total_seconds(), server.server_seconds - served
+
+    # (c) the primary is still closed: 503, retried with backoff, then the fallback.
+    closed = [run_step("bench-fallback") for _ in range(2)]
+    assert ProviderHealth.objects.get(pk=primary.pk).state == BreakerState.OPEN, "the breaker should be open now"
+
+    for _ in range(20):  # warm up both paths (connections, caches)
+        run_step("bench-direct")
+        run_step("bench-fallback")
+    # Interleaved, so that the load of a shared machine weighs on both sides alike.
+    direct, via_open = [], []
+    for _ in range(args.n):
+        direct.append(run_step("bench-direct"))
+        via_open.append(run_step("bench-fallback"))
+    primary_requests = server.count("primary")
+
+    # (b) the chain alone, one call at a time, no step around it.
+    req = ChatRequest(messages=message)
+
+    def chain_call(route: Route) -> tuple[float, float]:
+        served = server.server_seconds
+        t0 = time.perf_counter()
+        complete(route, req, Scope(), 1)
+        return time.perf_counter() - t0, server.server_seconds - served
+
+    for _ in range(20):
+        chain_call(Route([fallback]))
+    chain_direct, chain_open = [], []
+    for _ in range(args.n):
+        chain_direct.append(chain_call(Route([fallback])))
+        chain_open.append(chain_call(Route([primary, fallback])))
+    assert server.count("primary") == primary_requests, "an open circuit must not send requests"
+
+    def col(rows: Sequence[tuple[float, ...]], i: int) -> list[float]:
+        return [r[i] for r in rows]
+
+    d_start, o_start = median_ms(col(direct, 1)), median_ms(col(via_open, 1))
+    d_wall, o_wall = median_ms(col(direct, 0)), median_ms(col(via_open, 0))
+    c_direct, c_open = median_ms(col(chain_direct, 0)), median_ms(col(chain_open, 0))
+    server_ms = median_ms(col(chain_direct, 1))
+    step_overhead = median_ms([w - s for w, _, s in direct])
+    chain_overhead = median_ms([w - s for w, s in chain_direct])
+    load = os.getloadavg()
+    print(f"database: {connection.vendor}; n={args.n} per measurement, interleaved; medians; "
+          f"load average {load[0]:.1f} on {os.cpu_count()} CPUs")
+    print()
+    print("(a) breaker open: step start -> fallback answer")
+    print(f"    fallback named directly        {d_start:8.2f} ms")
+    print(f"    primary open, then fallback    {o_start:8.2f} ms   ratio {o_start / d_start:.3f}  "
+          f"(+{o_start - d_start:.2f} ms)")
+    print(f"    whole step, direct / via open  {d_wall:8.2f} / {o_wall:.2f} ms   ratio {o_wall / d_wall:.3f}")
+    print(f"    chain only, direct / via open  {c_direct:8.2f} / {c_open:.2f} ms   ratio {c_open / c_direct:.3f}  "
+          f"(+{c_open - c_direct:.2f} ms)")
+    print(f"    requests sent to the open primary while measuring: {server.count('primary') - primary_requests}")
+    print()
+    print("(b) overhead per LLM call (our time minus the server's time)")
+    print(f"    server time per call           {server_ms:8.2f} ms")
+    print(f"    chain (record, budget, breaker, httpx)  {chain_overhead:8.2f} ms")
+    print(f"    whole step (claim, call, fenced commit, run completion)  {step_overhead:8.2f} ms")
+    print()
+    print("(c) before the breaker opened: 503 x3 with backoff, then fallback")
+    print(f"    step start -> fallback answer  {median_ms(col(closed, 1)):8.2f} ms   "
+          f"ratio to direct {median_ms(col(closed, 1)) / d_start:.1f}")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
