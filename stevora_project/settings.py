@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "providers",
     "approvals",
     "events",
+    "api",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -166,6 +168,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
         "options": {"expires": 30},
     },
+    # webhooks.tasks: deliveries whose next attempt is due (rows are the truth; messages only hurry them).
+    "stevora-webhook-sweep": {
+        "task": "webhooks.sweep",
+        "schedule": env_float("STEVORA_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.05),
+        "options": {"expires": 30},
+    },
 }
 
 # --- Stevora engine -----------------------------------------------------------
@@ -185,18 +193,63 @@ STEVORA: dict[str, Any] = {
     "DEFAULT_MAX_VISITS": env_int("STEVORA_DEFAULT_MAX_VISITS", 10, minimum=1),
     # Fault injection for crash tests (DBOS-style debug trigger); never set in production.
     "FAULT_POINT": env_str("STEVORA_FAULT_POINT") or "",
+    # Where approval requests are announced (signed webhook) besides a step's own ``webhook``.
+    "APPROVAL_WEBHOOK_URL": env_str("STEVORA_APPROVAL_WEBHOOK_URL") or "",
+    # Per-API-key rate limit in DRF notation; a key's own ``rate`` wins. Empty: unlimited.
+    "API_RATE": env_str("STEVORA_API_RATE") or "600/min",
+    # Signs outgoing webhooks that have no secret of their own (the global approval URL).
+    "WEBHOOK_SECRET": env_str("STEVORA_WEBHOOK_SECRET") or "",
+    # The admin's address in links sent out by webhooks (approval notices).
+    "PUBLIC_URL": (env_str("STEVORA_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
+    "WEBHOOK_MAX_ATTEMPTS": env_int("STEVORA_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+    "WEBHOOK_TIMEOUT_SECONDS": env_float("STEVORA_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+    # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
+    "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),
 }
 
 # --- REST framework -----------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "api.schema.StevoraAutoSchema",
+    # API keys for services; the session for a signed-in browser (the schema pages, the admin's users).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasActionPermission"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "api.errors.handle",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Stevora API",
-    "DESCRIPTION": "Durable execution runtime for AI-agent workflows.",
+    "DESCRIPTION": ("Durable execution runtime for AI-agent workflows. Authenticate with "
+                    "`Authorization: Bearer stv_<prefix>_<secret>`; every error body is "
+                    "`{type, detail, errors: [{field, message}]}`. See docs/api.md."),
     "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs.models.RunStatus",
+        "StepStatusEnum": "steps.models.StepStatus",
+    },
 }
+
+# --- Cache (API rate limits) ---------------------------------------------------
+# Redis when CACHE_URL is set, or the broker's Redis otherwise (throttle counters
+# carry TTLs, so they never pile up); local memory embedded.
+CACHE_URL = env_str("CACHE_URL") or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+                                     else None)
+if CACHE_URL:
+    if urlparse(CACHE_URL).scheme not in {"redis", "rediss"}:
+        raise ImproperlyConfigured(f"CACHE_URL must be a redis:// URL, got {CACHE_URL!r}")
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
+                          "KEY_PREFIX": "stevora-cache"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "stevora"}}
 
 LOGGING = {
     "version": 1,

@@ -1,8 +1,13 @@
 """URL routing."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from api.urls import urlpatterns as api_pages
+from api.urls import v1 as api_v1
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include((api_v1, "v1"), namespace="v1")),
+    path("api/", include((api_pages, "api"), namespace="api")),
 ]

@@ -4,6 +4,7 @@ import logging
 import threading
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
@@ -48,6 +49,11 @@ class Command(BaseCommand):
         thread = threading.Thread(target=reconcile_forever, args=(interval, stop), name="stevora-reconciler",
                                   daemon=True)
         thread.start()
+        if apps.is_installed("webhooks"):
+            # Webhook deliveries due (their own thread: a slow receiver must not hold up the reconciler).
+            from webhooks.delivery import sweep_forever
+
+            threading.Thread(target=sweep_forever, args=(stop,), name="stevora-webhooks", daemon=True).start()
         self.stderr.write(
             f"stevora engine: broker {'embedded (memory)' if settings.IS_EMBEDDED_BROKER else 'redis'}, "
             f"database {connection.vendor}, pool {pool}×{concurrency}, reconcile every {interval}s"

@@ -1,0 +1,67 @@
+"""Approval API: the pending approvals the caller may decide, and ``decide`` (the same door as the admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.scoping import get_scoped, workspace_of
+
+from . import services
+from .models import Approval, ApprovalStatus
+
+
+class ApprovalSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    run = serializers.UUIDField(source="run_id")
+    content = serializers.JSONField(allow_null=True)
+    edited_content = serializers.JSONField(allow_null=True)
+    allowed_groups = serializers.ListField(child=serializers.CharField())
+    allowed_users = serializers.ListField(child=serializers.CharField())
+    status = serializers.ChoiceField(choices=ApprovalStatus.choices)
+
+    class Meta:
+        model = Approval
+        fields = ["id", "run", "workflow_name", "step_key", "status", "content", "instructions", "allowed_groups",
+                  "allowed_users", "allow_edit", "on_timeout", "requested_at", "expires_at", "decided_by_name",
+                  "decided_at", "comment", "content_edited", "edited_content"]
+        read_only_fields = fields
+
+
+class DecideSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    approve = serializers.BooleanField(help_text="true to approve, false to reject.")
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=services.MAX_COMMENT)
+    content = serializers.JSONField(required=False, help_text="Edited content (only where the step allows edits).")
+
+
+class DecisionSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    approval = ApprovalSerializer()
+    output = serializers.JSONField(help_text="The approval step's output, as the run sees it.")
+
+
+class ApprovalList(APIView):
+    @extend_schema(operation_id="approvals_pending", responses=ApprovalSerializer(many=True),
+                   summary="Pending approvals the caller may decide, oldest first")
+    def get(self, request: Request) -> Response:
+        workspace = workspace_of(request)
+        rows = [a for a in services.pending_for(request.user) if a.workspace_id == workspace.pk]
+        return Response(ApprovalSerializer(rows, many=True).data)
+
+
+class ApprovalDecide(APIView):
+    # decide() checks the decide permission and the step's approvers itself (403, nothing changes).
+
+    @extend_schema(operation_id="approvals_decide", request=DecideSerializer, responses=DecisionSerializer,
+                   summary="Approve or reject; 403 without the decide permission, 409 when already decided")
+    def post(self, request: Request, approval_id: int) -> Response:
+        approval = get_scoped(request, Approval.objects.all(), "approval", pk=approval_id)
+        body = DecideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data: dict[str, Any] = body.validated_data
+        decision = services.decide(approval.pk, user=request.user, approve=data["approve"],
+                                   comment=data.get("comment", ""), content=data.get("content"))
+        return Response(DecisionSerializer({"approval": decision.approval, "output": decision.output}).data)

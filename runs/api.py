@@ -1,0 +1,303 @@
+"""Run, definition and step API views: thin doors over ``runs.services``.
+
+Every view scopes its queries to the caller's workspace (``api.scoping``): another
+workspace's run is a 404. Domain errors raised by the services become error bodies
+in ``api.errors``; nothing here catches them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.db.models import Count, QuerySet, Sum
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.pagination import NewestFirst
+from api.scoping import get_scoped, scoped, workspace_of
+from steps.models import StepExecution
+
+from . import services
+from .definitions import parse_text
+from .models import Run, RunEvent, Workflow
+from .serializers import (
+    ControlSerializer,
+    DefinitionCreatedSerializer,
+    DefinitionCreateSerializer,
+    ForkSerializer,
+    RunCostSerializer,
+    RunDetailSerializer,
+    RunEventSerializer,
+    RunFilterSerializer,
+    RunSerializer,
+    RunStartSerializer,
+    StepDetailSerializer,
+    WorkflowSerializer,
+    WorkflowSummarySerializer,
+)
+
+ATTEMPT_KINDS = {"step_completed": "completed", "step_retry_scheduled": "retry_scheduled",
+                 "step_failed": "failed", "step_recovered": "recovered"}
+
+
+def actor_of(request: Request) -> str:
+    auth = getattr(request, "auth", None)
+    name = request.user.get_username() if request.user and request.user.is_authenticated else ""
+    prefix = getattr(auth, "prefix", None)
+    return f"{name} (api key {prefix})" if prefix else name
+
+
+# --- definitions -------------------------------------------------------------------------
+
+
+class DefinitionListCreate(generics.GenericAPIView):  # type: ignore[type-arg]
+    pagination_class = NewestFirst
+    required_permissions = {"POST": ["runs.add_workflow"]}
+
+    def get_queryset(self) -> QuerySet[Workflow]:
+        qs = scoped(self.request, Workflow.objects.all())
+        name = self.request.query_params.get("name")
+        return qs.filter(name=name) if name else qs
+
+    @extend_schema(operation_id="definitions_list", responses=WorkflowSummarySerializer(many=True),
+                   parameters=[OpenApiParameter("name", str, description="Only the versions of this workflow.")],
+                   summary="List stored definition versions, newest first")
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(WorkflowSummarySerializer(page, many=True).data)
+
+    @extend_schema(operation_id="definitions_create", request=DefinitionCreateSerializer,
+                   responses={201: DefinitionCreatedSerializer, 200: DefinitionCreatedSerializer},
+                   summary="Store a definition (validated; same content: the same version, 200; changed: N+1, 201)")
+    def post(self, request: Request) -> Response:
+        body = DefinitionCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        document = body.validated_data["definition"]
+        if isinstance(document, str):
+            document = parse_text(document, "definition")
+        result = services.load_workflow(document, workspace=workspace_of(request))
+        data = {**WorkflowSerializer(result.workflow).data, "created": result.created}
+        return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class DefinitionDetail(APIView):
+    @extend_schema(operation_id="definitions_latest", responses=WorkflowSerializer,
+                   summary="The latest version of a workflow")
+    def get(self, request: Request, name: str) -> Response:
+        workflow = services.resolve_workflow(name, workspace=workspace_of(request))
+        return Response(WorkflowSerializer(workflow).data)
+
+
+class DefinitionVersion(APIView):
+    @extend_schema(operation_id="definitions_version", responses=WorkflowSerializer,
+                   summary="One version of a workflow")
+    def get(self, request: Request, name: str, version: int) -> Response:
+        if version < 1:
+            raise services.NotFound(f"no workflow named {name!r} v{version}")
+        workflow = services.resolve_workflow(name, workspace=workspace_of(request), version=version)
+        return Response(WorkflowSerializer(workflow).data)
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+def _run(request: Request, run_id: Any) -> Run:
+    return get_scoped(request, Run.objects.select_related("workflow"), "run", pk=run_id)
+
+
+class RunListCreate(generics.GenericAPIView):  # type: ignore[type-arg]
+    pagination_class = NewestFirst
+    required_permissions = {"POST": ["runs.add_run"]}
+
+    def get_queryset(self) -> QuerySet[Run]:
+        filters = RunFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        f = filters.validated_data
+        qs = scoped(self.request, Run.objects.select_related("workflow"))
+        if f.get("status"):
+            qs = qs.filter(status=f["status"])
+        if f.get("workflow"):
+            qs = qs.filter(workflow_name=f["workflow"])
+        if f.get("created_after"):
+            qs = qs.filter(created_at__gte=f["created_after"])
+        if f.get("created_before"):
+            qs = qs.filter(created_at__lt=f["created_before"])
+        return qs
+
+    @extend_schema(operation_id="runs_list", parameters=[RunFilterSerializer], responses=RunSerializer(many=True),
+                   summary="List runs, newest first (cursor pagination)")
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(RunSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="runs_start", request=RunStartSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+                                     description="The same key returns the same run (200 instead of 201).")],
+        responses={201: RunDetailSerializer, 200: OpenApiResponse(RunDetailSerializer,
+                                                                 description="The run this idempotency key started.")},
+        summary="Start a run")
+    def post(self, request: Request) -> Response:
+        body = RunStartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        header_key = request.headers.get("Idempotency-Key")
+        key = data.get("idempotency_key")
+        if header_key is not None:
+            header_key = header_key.strip()
+            if not header_key or len(header_key) > 255:
+                raise ValidationError({"Idempotency-Key": ["must be a non-empty string of at most 255 characters"]})
+            if key is not None and key != header_key:
+                raise ValidationError({"idempotency_key": ["differs from the Idempotency-Key header"]})
+            key = header_key
+        budget = {k: str(data[k]) for k in ("max_cost_usd", "max_tokens") if data.get(k) is not None}
+        result = services.start_run(data["workflow"], data.get("input", {}), workspace=workspace_of(request),
+                                    version=data.get("version"), idempotency_key=key, actor=actor_of(request),
+                                    budget=budget or None)
+        run = Run.objects.select_related("workflow").get(pk=result.run.pk)
+        return Response(RunDetailSerializer(run).data,
+                        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class RunDetail(APIView):
+    @extend_schema(operation_id="runs_retrieve", responses=RunDetailSerializer, summary="A run with its steps")
+    def get(self, request: Request, run_id: str) -> Response:
+        return Response(RunDetailSerializer(_run(request, run_id)).data)
+
+
+class _Control(APIView):
+    required_permissions = {"POST": ["runs.change_run"]}
+    action = ""
+
+    def post(self, request: Request, run_id: str) -> Response:
+        run = _run(request, run_id)
+        body = ControlSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        actor = actor_of(request)
+        if self.action == "cancel":
+            services.cancel_run(run.pk, actor=actor, reason=body.validated_data.get("reason", ""))
+        else:
+            getattr(services, f"{self.action}_run")(run.pk, actor=actor)
+        return Response(RunDetailSerializer(_run(request, run_id)).data)
+
+
+def _control_view(action: str, summary: str) -> type[_Control]:
+    def post(self: _Control, request: Request, run_id: str) -> Response:
+        return _Control.post(self, request, run_id)
+
+    decorated = extend_schema(operation_id=f"runs_{action}", request=ControlSerializer,
+                              responses=RunDetailSerializer, summary=summary)(post)
+    return type(f"Run{action.title()}", (_Control,), {"action": action, "post": decorated})
+
+
+RunCancel = _control_view("cancel", "Cancel an unfinished run")
+RunPause = _control_view("pause", "Pause a running or waiting run")
+RunResume = _control_view("resume", "Resume a paused run")
+RunRetry = _control_view("retry", "Retry a failed run from its failed step")
+
+
+class RunFork(APIView):
+    required_permissions = {"POST": ["runs.add_run"]}
+
+    @extend_schema(operation_id="runs_fork", request=ForkSerializer, responses={201: RunDetailSerializer},
+                   summary="A new run that keeps the results of the steps before `from_step` and runs from there")
+    def post(self, request: Request, run_id: str) -> Response:
+        source = _run(request, run_id)
+        body = ForkSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        forked = services.fork_run(source.pk, from_step=data["from_step"], run_input=data.get("input"),
+                                   actor=actor_of(request))
+        run = Run.objects.select_related("workflow").get(pk=forked.pk)
+        return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class OldestFirst(CursorPagination):
+    ordering = ("id",)
+    page_size = 200
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class RunHistory(generics.GenericAPIView):  # type: ignore[type-arg]
+    pagination_class = OldestFirst
+
+    @extend_schema(operation_id="runs_history", responses=RunEventSerializer(many=True),
+                   summary="The run's append-only history, oldest first")
+    def get(self, request: Request, run_id: str) -> Response:
+        run = _run(request, run_id)
+        page = self.paginate_queryset(RunEvent.objects.filter(run_id=run.pk))
+        return self.get_paginated_response(RunEventSerializer(page, many=True).data)
+
+
+def _cost_rows(qs: Any, field: str) -> list[dict[str, Any]]:
+    rows = qs.values(field).annotate(calls=Count("id"), input_tokens=Sum("input_tokens"),
+                                     output_tokens=Sum("output_tokens"), cost_usd=Sum("cost_usd")).order_by(field)
+    return [{"key": str(r[field]), "calls": r["calls"], "input_tokens": r["input_tokens"] or 0,
+             "output_tokens": r["output_tokens"] or 0, "cost_usd": r["cost_usd"] or 0} for r in rows]
+
+
+class RunCost(APIView):
+    @extend_schema(operation_id="runs_cost", responses=RunCostSerializer,
+                   summary="The run's tokens and cost, by step and by provider")
+    def get(self, request: Request, run_id: str) -> Response:
+        run = _run(request, run_id)
+        by_step: list[dict[str, Any]] = []
+        by_provider: list[dict[str, Any]] = []
+        if apps.is_installed("providers"):
+            from providers.models import LLMCall
+
+            calls = LLMCall.objects.filter(run_id=run.pk)
+            by_provider = _cost_rows(calls, "provider_name")
+            by_step = _cost_rows(calls.exclude(step__isnull=True), "step__key")
+        data = {"run": run.pk, "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
+                "cost_usd": run.cost_usd, "max_cost_usd": run.max_cost_usd, "max_tokens": run.max_tokens,
+                "by_step": by_step, "by_provider": by_provider}
+        return Response(RunCostSerializer(data).data)
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def attempts_of(run: Run, key: str) -> list[dict[str, Any]]:
+    out = []
+    for event in RunEvent.objects.filter(run_id=run.pk, step_key=key, kind__in=ATTEMPT_KINDS).order_by("id"):
+        data = event.data or {}
+        out.append({"attempt": data.get("attempt"), "outcome": ATTEMPT_KINDS[event.kind],
+                    "worker": str(data.get("worker", "")), "started_at": data.get("started_at"),
+                    "duration_ms": data.get("duration_ms"), "message": event.message or "",
+                    "error": data.get("error"), "at": event.created_at})
+    return out
+
+
+class StepDetail(APIView):
+    @extend_schema(operation_id="steps_retrieve", responses=StepDetailSerializer,
+                   parameters=[OpenApiParameter("step_key", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                                description="The step's key: `draft`, `draft#2` (a loop's second "
+                                                            "visit), `gather[3]` (a map item); URL-encoded.")],
+                   summary="One step of a run with its attempts and LLM calls")
+    def get(self, request: Request, run_id: str, step_key: str) -> Response:
+        run = _run(request, run_id)
+        row = StepExecution.objects.filter(run_id=run.pk, key=step_key).first()
+        if row is None:
+            raise services.NotFound(f"run {run.pk} has no step {step_key!r}")
+        row.api_attempts = attempts_of(run, row.key)  # type: ignore[attr-defined]
+        calls: list[Any] = []
+        if apps.is_installed("providers") and hasattr(row, "llm_calls"):
+            calls = list(row.llm_calls.order_by("id"))
+        row.api_llm_calls = calls  # type: ignore[attr-defined]
+        return Response(StepDetailSerializer(row).data)
+
+
+__all__ = [
+    "DefinitionDetail", "DefinitionListCreate", "DefinitionVersion", "RunCancel", "RunCost", "RunDetail",
+    "RunFork", "RunHistory", "RunListCreate", "RunPause", "RunResume", "RunRetry", "StepDetail",
+    "serializers",
+]

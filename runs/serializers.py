@@ -1,0 +1,196 @@
+"""API shapes of definitions, runs, steps and history (the same names as ``show_run --json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from steps.models import StepExecution, StepStatus
+
+from .models import Run, RunEvent, RunStatus, Workflow
+
+JSON_ANY: dict[str, Any] = {}  # OpenAPI: any JSON value
+
+
+class WorkflowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Workflow
+        fields = ["name", "version", "description", "content_hash", "created_at", "definition"]
+        read_only_fields = fields
+
+
+class WorkflowSummarySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Workflow
+        fields = ["name", "version", "description", "content_hash", "created_at"]
+        read_only_fields = fields
+
+
+class DefinitionCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    definition = serializers.JSONField(help_text="The workflow document (the same JSON/YAML structure "
+                                                 "`load_workflows` reads), validated against the published schema.")
+
+
+class DefinitionCreatedSerializer(WorkflowSerializer):
+    created = serializers.BooleanField(help_text="false when the same content was stored already (same version).")
+
+    class Meta(WorkflowSerializer.Meta):
+        fields = [*WorkflowSerializer.Meta.fields, "created"]
+        read_only_fields = fields
+
+
+class StepSummarySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    attempts = serializers.IntegerField(source="attempt", help_text="Claims so far.")
+    parent = serializers.SerializerMethodField()
+    input = serializers.JSONField(allow_null=True)
+    output = serializers.JSONField(allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+    status = serializers.ChoiceField(choices=StepStatus.choices)
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+
+    class Meta:
+        model = StepExecution
+        fields = ["id", "key", "name", "type", "status", "parent", "branch", "item_index", "visit", "attempts",
+                  "failures", "max_attempts", "input", "output", "error", "wake_at", "created_at", "started_at",
+                  "finished_at", "input_tokens", "output_tokens", "cost_usd"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_parent(self, row: StepExecution) -> str | None:
+        parents: dict[int, str] = self.context.get("keys_by_id", {})
+        if row.parent_id is None:
+            return None
+        return parents.get(row.parent_id) or StepExecution.objects.filter(pk=row.parent_id).values_list(
+            "key", flat=True).first()
+
+
+class RunSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    workflow = serializers.CharField(source="workflow_name")
+    version = serializers.IntegerField(source="workflow.version")
+    status = serializers.ChoiceField(choices=RunStatus.choices)
+    input = serializers.JSONField()
+    output = serializers.JSONField(allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+    parent_run = serializers.UUIDField(source="parent_run_id", allow_null=True)
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+    max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True, allow_null=True)
+
+    class Meta:
+        model = Run
+        fields = ["id", "workflow", "version", "status", "input", "output", "error", "idempotency_key",
+                  "parent_run", "created_by", "created_at", "started_at", "finished_at", "updated_at",
+                  "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens"]
+        read_only_fields = fields
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps"]
+        read_only_fields = fields
+
+    @extend_schema_field(StepSummarySerializer(many=True))
+    def get_steps(self, run: Run) -> list[dict[str, Any]]:
+        rows = list(StepExecution.objects.filter(run_id=run.pk).order_by("id"))
+        keys = {row.pk: row.key for row in rows}
+        return StepSummarySerializer(rows, many=True, context={**self.context, "keys_by_id": keys}).data  # type: ignore[return-value]
+
+
+class RunStartSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    workflow = serializers.CharField(max_length=200, help_text="Workflow name (the latest version unless `version`).")
+    version = serializers.IntegerField(required=False, min_value=1)
+    input = serializers.JSONField(required=False, default=dict, help_text="The run input: a JSON object.")
+    idempotency_key = serializers.CharField(required=False, max_length=255, allow_blank=False,
+                                            help_text="Or the `Idempotency-Key` header: the same key returns "
+                                                      "the same run (200 instead of 201).")
+    max_cost_usd = serializers.DecimalField(required=False, max_digits=14, decimal_places=6, min_value=0)
+    max_tokens = serializers.IntegerField(required=False, min_value=1)
+
+
+class RunFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
+    workflow = serializers.CharField(required=False, max_length=200)
+    created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
+    created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
+
+
+class ControlSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000,
+                                   help_text="Cancel only: recorded in the run's error and history.")
+
+
+class ForkSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    from_step = serializers.CharField(max_length=200, help_text="A top-level step the source run reached: "
+                                                                "results of the steps before it are kept.")
+    input = serializers.JSONField(required=False, help_text="Changed run input (default: the source run's).")
+
+
+class RunEventSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    data = serializers.JSONField()
+
+    class Meta:
+        model = RunEvent
+        fields = ["id", "kind", "step_key", "actor", "message", "data", "created_at"]
+        read_only_fields = fields
+
+
+class AttemptSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    attempt = serializers.IntegerField(allow_null=True)
+    outcome = serializers.ChoiceField(choices=["completed", "retry_scheduled", "failed", "recovered"])
+    worker = serializers.CharField(allow_blank=True)
+    started_at = serializers.CharField(allow_null=True)
+    duration_ms = serializers.FloatField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
+    error = serializers.JSONField(allow_null=True)
+    at = serializers.DateTimeField()
+
+
+class LLMCallSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.IntegerField()
+    provider = serializers.CharField(source="provider_name")
+    model = serializers.CharField()
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    step_attempt = serializers.IntegerField()
+    round = serializers.IntegerField()
+    try_number = serializers.IntegerField()
+    http_status = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+    latency_ms = serializers.FloatField(allow_null=True)
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class StepDetailSerializer(StepSummarySerializer):
+    attempt_history = AttemptSerializer(many=True, source="api_attempts")
+    llm_calls = LLMCallSerializer(many=True, source="api_llm_calls")
+
+    class Meta(StepSummarySerializer.Meta):
+        fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls"]
+        read_only_fields = fields
+
+
+class RunCostRowSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    key = serializers.CharField(help_text="The group: a period start (ISO date), a workflow or a provider name.")
+    calls = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+
+
+class RunCostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    run = serializers.UUIDField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+    max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True,
+                                            allow_null=True)
+    max_tokens = serializers.IntegerField(allow_null=True)
+    by_step = RunCostRowSerializer(many=True)
+    by_provider = RunCostRowSerializer(many=True)
