@@ -403,7 +403,11 @@ def _branch_done(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effects) -
     if parent.status != StepStatus.WAITING:
         return
     done = dict(parent.state.get("done", {}))
-    done[last.branch] = last.output
+    output = last.output
+    if last.type == "condition":  # as at the top level: a condition is never a sequence's output
+        output = (StepExecution.objects.filter(parent_id=parent.pk, branch=last.branch, status=StepStatus.COMPLETED)
+                  .exclude(type="condition").order_by("-id").values_list("output", flat=True).first())
+    done[last.branch] = output
     state = {**parent.state, "done": done}
     StepExecution.objects.filter(pk=parent.pk).update(state=state)
     parent.state = state

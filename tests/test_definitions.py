@@ -442,3 +442,31 @@ def test_load_workflows_exits_non_zero_for_bad_files(transactional_db: Any, tmp_
                              cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no such file" in missing.stderr
     assert not Workflow.objects.exists()
+
+
+def test_every_complete_example_in_the_definitions_doc_loads(db: Any) -> None:
+    import re
+
+    import yaml
+
+    text = (ROOT / "docs" / "definitions.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)]
+    documents = [b for b in blocks if isinstance(b, dict) and "steps" in b and "name" in b]
+    assert {d["name"] for d in documents} >= {"triage", "escalate", "countdown", "fetch-or-fallback"}
+    for document in documents:
+        load_workflow(document)
+    # The fragments (single steps) are valid steps too.
+    fragments = [b for b in blocks if isinstance(b, list)]
+    for i, steps in enumerate(fragments):
+        for step in steps:
+            if step.get("type") == "task" and not handler_registered(step["handler"]):
+                step["handler"] = "noop"
+            if step.get("type") == "parallel":
+                for branch in step["branches"].values():
+                    for inner in branch:
+                        inner["handler"] = "noop"
+            if step.get("type") == "map":
+                step["step"]["handler"] = "noop"
+        nexts = {s.get(k) for s in steps for k in ("then", "else", "next", "on_failure")} - {None, "end"}
+        padding = [task(name) for name in sorted(nexts)]
+        validate({"name": f"fragment{i}", "steps": steps + padding}, handler_exists=handler_registered)

@@ -274,6 +274,64 @@ def test_a_child_that_finishes_at_once_completes_the_parent_step(engine: Any, wo
     assert bad.status == "failed" and "has no attribute 'missing'" in error_of(bad)["message"]
 
 
+def test_map_can_start_a_child_run_per_item(engine: Any, workflow: Any) -> None:
+    workflow({"name": "square", "steps": [task("sq", "test.value", config={"value": "{{ input.x * input.x }}"})]})
+    workflow({"name": "squares", "steps": [
+        {"name": "each", "type": "map", "over": "{{ input.xs }}", "max_concurrency": 2,
+         "step": {"type": "workflow", "workflow": "square", "input": {"x": "{{ item }}"}}}]})
+    run = run_to_end("squares", {"xs": [1, 2, 3]})
+    assert (run.status, run.output) == ("completed", [1, 4, 9])
+    assert Run.objects.filter(parent_run=run, status="completed").count() == 3
+
+
+def test_retry_run_retries_a_failed_child_run_from_its_failed_step(engine: Any, workflow: Any,
+                                                                   ledger: Path) -> None:
+    workflow({"name": "shaky-child", "steps": [
+        task("c0", "test.ledger", config={"ledger": str(ledger)}),
+        task("c1", "test.fail_times", config={"times": 1})]})
+    workflow({"name": "steady-parent", "steps": [
+        task("p0", "test.ledger", config={"ledger": str(ledger)}),
+        {"name": "sub", "type": "workflow", "workflow": "shaky-child"},
+        task("p1", "test.ledger", config={"ledger": str(ledger)})]})
+    run = run_to_end("steady-parent")
+    assert run.status == "failed" and error_of(run)["step"] == "sub"
+    retry_run(run.pk)
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    child = Run.objects.get(parent_run=run)
+    assert child.status == "completed" and steps_of(child)["c1"].attempt == 2
+    assert [line.split()[1] for line in read_ledger(ledger)] == ["p0", "c0", "p1"]
+
+
+def test_parallel_branches_may_nest_and_loop_inside_their_branch(engine: Any, workflow: Any) -> None:
+    workflow({"name": "nested", "steps": [{"name": "outer", "type": "parallel", "branches": {
+        "left": [{"name": "inner", "type": "parallel", "branches": {
+            "x": [task("x1", "test.value", config={"value": "x"})],
+            "y": [task("y1", "test.value", config={"value": "y"})]}}],
+        "right": [
+            task("r1", "test.value", config={"value": "{{ steps.r1.output + 1 if steps.r1 is defined else 0 }}"}),
+            {"name": "r-again", "type": "condition", "if": "steps.r1.output < 2", "then": "r1"}],
+    }}]})
+    run = run_to_end("nested")
+    assert run.status == "completed", run.error
+    assert run.output == {"left": {"x": "x", "y": "y"}, "right": 2}
+
+
+@pytest.mark.parametrize("retry, attempts", [
+    ({"retry_on": ["ValueError"]}, 2),
+    ({"retry_on": ["RetryableError"]}, 1),
+    ({"non_retryable": ["ValueError"]}, 1),
+])
+def test_retry_on_and_non_retryable_choose_which_errors_are_retried(engine: Any, workflow: Any,
+                                                                    retry: dict[str, Any], attempts: int) -> None:
+    name = "choosy-" + "-".join(f"{k}-{v[0]}" for k, v in retry.items()).lower()
+    workflow({"name": name, "steps": [task("bug", "test.crash", retry={"max_attempts": 2, "backoff_seconds": 0.1,
+                                                                       **retry})]})
+    run = run_to_end(name)
+    assert run.status == "failed" and error_of(run)["type"] == "ValueError"
+    assert steps_of(run)["bug"].attempt == attempts
+
+
 # --- waits -------------------------------------------------------------------------------------
 
 
