@@ -64,7 +64,9 @@ def _domain(exc: Exception) -> Response | None:
     from runs.services import NotFound, StartError
 
     if isinstance(exc, DefinitionError):
-        return Response(body("invalid_definition", "the workflow definition is invalid", _pairs(exc.errors)), 400)
+        # Paths are inside the document (``steps[1].handler``); the document itself is ``definition``.
+        errors = [(path or "definition", message) for path, message in exc.errors]
+        return Response(body("invalid_definition", "the workflow definition is invalid", _pairs(errors)), 400)
     if isinstance(exc, StartError):
         first = str(exc).split("\n", 1)[0]
         return Response(body("invalid_input", first, _pairs(exc.errors)), 400)
