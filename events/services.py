@@ -123,6 +123,15 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
     return Delivery(event, completed, duplicate)
 
 
+def purge_expired_events(now: Any = None) -> int:
+    """Delete events past their retention (``expires_at``); their matches go with them.
+
+    The run history keeps an ``event_matched`` row for every event a step consumed.
+    """
+    deleted, _ = Event.objects.filter(expires_at__lt=now or timezone.now()).delete()
+    return int(deleted)
+
+
 def _claim_waits(event: Event) -> list[int]:
     output = event.as_output()
     claims: list[int] = []

@@ -202,3 +202,17 @@ def test_cancelling_a_waiting_run_cancels_its_approval(engine: Any, workflow: An
     assert approval.status == ApprovalStatus.CANCELLED
     with pytest.raises(DecisionError, match="cancelled"):
         decide(approval.pk, user=alice, approve=True)
+
+
+def test_pending_approvals_json_lists_what_a_user_may_decide(engine: Any, workflow: Any, alice: User,
+                                                             bob: User, capsys: Any) -> None:
+    import json
+
+    workflow(review_workflow())
+    run = start_run("review-flow", {"topic": "capes"}).run
+    approval = pending_approval(run.pk)
+    call_command("pending_approvals", "--json", "--as", "alice")
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["run"], r["step"]) for r in rows] == [(approval.pk, str(run.pk), "review")]
+    call_command("pending_approvals", "--json", "--as", "bob")
+    assert json.loads(capsys.readouterr().out) == []

@@ -150,3 +150,16 @@ def test_send_event_command_delivers(engine: Any, workflow: Any, capsys: Any) ->
     assert wait_for_run(run.pk).output == {"amount": 3}
     call_command("send_event", "payment.received", "--key", "F-1", "--payload", '{"amount": 3}', "--id", "f1")
     assert "already delivered" in capsys.readouterr().out
+
+
+def test_expired_events_are_purged_and_bad_payloads_refused_by_the_command(db: Any, capsys: Any) -> None:
+    from django.core.management.base import CommandError
+
+    kept = deliver_event("ping", key="k").event
+    old = deliver_event("ping", key="k").event
+    Event.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    call_command("purge_events")
+    assert "1 expired event row(s) deleted" in capsys.readouterr().out
+    assert list(Event.objects.values_list("pk", flat=True)) == [kept.pk]
+    with pytest.raises(CommandError, match="--payload is not valid JSON"):
+        call_command("send_event", "ping", "--payload", "{nope")
