@@ -20,7 +20,8 @@ from tests.conftest import wait_for_run
 def waits_for_payment() -> dict[str, Any]:
     return {"name": "api-pay", "steps": [
         {"name": "paid", "type": "external_event", "event": "payment.received", "key": "{{ input.order }}"},
-        {"name": "ship", "type": "task", "handler": "test.value", "config": {"value": "{{ steps.paid.output.payload }}"}},
+        {"name": "ship", "type": "task", "handler": "test.value",
+         "config": {"value": "{{ steps.paid.output.payload }}"}},
     ]}
 
 
