@@ -101,6 +101,7 @@ def main() -> None:
     message = [{"role": "user", "content": "ping"}]
     load_workflow({"name": "bench-direct", "steps": [
         {"name": "ask", "type": "llm", "provider": "fallback", "messages": message}]})
+    load_workflow({"name": "bench-noop", "steps": [{"name": "ask", "type": "task", "handler": "echo"}]})
     load_workflow({"name": "bench-fallback", "steps": [
         {"name": "ask", "type": "llm", "provider": "primary", "fallback": ["fallback"], "messages": message}]})
 
@@ -113,6 +114,8 @@ def main() -> None:
         process_step(step_id)
         wall = time.perf_counter() - t0
         step = run.steps.get()
+        if workflow == "bench-noop":
+            return wall, 0.0, 0.0
         answer = LLMCall.objects.filter(step_id=step_id, status="succeeded").get()
         assert step.status == "completed", step.error
         assert answer.finished_at is not None and step.started_at is not None
@@ -126,10 +129,11 @@ def main() -> None:
         run_step("bench-direct")
         run_step("bench-fallback")
     # Interleaved, so that the load of a shared machine weighs on both sides alike.
-    direct, via_open = [], []
+    direct, via_open, noop = [], [], []
     for _ in range(args.n):
         direct.append(run_step("bench-direct"))
         via_open.append(run_step("bench-fallback"))
+        noop.append(run_step("bench-noop"))
     primary_requests = server.count("primary")
 
     # (b) the chain alone, one call at a time, no step around it.
@@ -174,7 +178,10 @@ def main() -> None:
     print("(b) overhead per LLM call (our time minus the server's time)")
     print(f"    server time per call           {server_ms:8.2f} ms")
     print(f"    chain (record, budget, breaker, httpx)  {chain_overhead:8.2f} ms")
+    noop_ms = median_ms(col(noop, 0))
     print(f"    whole step (claim, call, fenced commit, run completion)  {step_overhead:8.2f} ms")
+    print(f"    a no-op task step, same path, for comparison   {noop_ms:8.2f} ms")
+    print(f"    => the llm step's own share (step - server - no-op task)  {step_overhead - noop_ms:8.2f} ms")
     print()
     print("(c) before the breaker opened: 503 x3 with backoff, then fallback")
     print(f"    step start -> fallback answer  {median_ms(col(closed, 1)):8.2f} ms   "

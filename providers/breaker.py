@@ -3,8 +3,9 @@
 Every transition is a guarded UPDATE whose row count decides who won, so it works the
 same on PostgreSQL and on embedded SQLite and needs no lock held across an HTTP call:
 
-* ``admit`` reads the row (one indexed SELECT — what a skipped provider costs). Open and
-  cooling: skip. Cooling over: ``open -> half_open`` guarded on ``state='open'`` — exactly
+* ``admit`` reads the row (one primary-key SELECT). Open and cooling: skip — and this
+  process remembers it for up to a second, so a hot path skips an open provider without
+  even that query. Cooling over: ``open -> half_open`` guarded on ``state='open'`` — exactly
   one caller wins and probes; the others keep skipping. A probe whose holder died
   (``probe_until`` passed) may be taken over the same way.
 * ``succeeded`` closes the circuit; ``failed`` counts a consecutive failure and opens the
@@ -13,6 +14,7 @@ same on PostgreSQL and on embedded SQLite and needs no lock held across an HTTP 
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from enum import Enum
 
@@ -32,11 +34,23 @@ def _ensure(provider: Provider) -> None:
     ProviderHealth.objects.get_or_create(provider=provider)
 
 
+# provider id -> time.monotonic() until which this process knows the circuit is open. Kept
+# at most OPEN_CACHE_SECONDS (and never past the cooling-off), so that an operator's reset is
+# seen within a second while a hot path skips an open provider without a query.
+OPEN_CACHE_SECONDS = 1.0
+_known_open: dict[int, float] = {}
+
+
 def admit(provider: Provider) -> tuple[Admission, str, bool]:
     """May this caller send a request to ``provider`` now?
 
     Returns the decision, why, and whether a success must reset the row (failures counted).
     """
+    known = _known_open.get(provider.pk)
+    if known is not None:
+        if known > time.monotonic():
+            return Admission.SKIP, "circuit open", True
+        _known_open.pop(provider.pk, None)
     row = ProviderHealth.objects.filter(pk=provider.pk).values(
         "state", "open_until", "probe_until", "consecutive_failures").first()
     if row is None:
@@ -48,6 +62,7 @@ def admit(provider: Provider) -> tuple[Admission, str, bool]:
     if row["state"] == BreakerState.OPEN:
         if row["open_until"] is not None and row["open_until"] > now:
             left = (row["open_until"] - now).total_seconds()
+            _known_open[provider.pk] = time.monotonic() + min(left, OPEN_CACHE_SECONDS)
             return Admission.SKIP, f"circuit open ({left:.1f}s of cooling-off left)", True
         won = ProviderHealth.objects.filter(pk=provider.pk, state=BreakerState.OPEN).filter(
             Q(open_until__isnull=True) | Q(open_until__lte=now)).update(
@@ -88,7 +103,8 @@ def failed(provider: Provider, reason: str, *, probe: bool) -> bool:
 
 
 def reset(provider: Provider) -> None:
-    """Operator action: close the circuit now."""
+    """Operator action: close the circuit now (other processes see it within OPEN_CACHE_SECONDS)."""
+    _known_open.pop(provider.pk, None)
     ProviderHealth.objects.filter(pk=provider.pk).update(
         state=BreakerState.CLOSED, consecutive_failures=0, open_until=None, probe_until=None,
         changed_at=timezone.now())

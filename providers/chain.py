@@ -8,20 +8,21 @@ honouring ``Retry-After``; a permanent failure (400/401/403/404) moves on at onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import backoff
 import httpx
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -59,6 +60,13 @@ class Scope:
     secrets: list[str] = field(default_factory=list)
     # Budgets are fixed when a run starts: a run without one skips the budget queries.
     budgeted: bool = True
+    # A step's first claim: no other attempt can have recorded an answer for any round.
+    first_attempt: bool = False
+    # What this scope's calls cost so far (this process only; a re-executed step adds the rows).
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
 
 
 @dataclass
@@ -122,20 +130,36 @@ def _send(provider: Provider, http: HttpRequest) -> tuple[int, Any, Any]:
 # --- records ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _evidence_only() -> Iterator[None]:
+    """A transaction whose commit need not wait for the disk (PostgreSQL ``synchronous_commit
+    off``): the *started* and *failed* rows are evidence, and losing the last few hundred
+    milliseconds of them to a database crash costs nothing — that crash breaks the worker's
+    connection too, so no completion can follow a lost start. The answer's row, which is the
+    replay checkpoint and carries the money, is committed durably. Saves one fsync per call."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
 def _start_record(scope: Scope, provider: Provider, model: str, round_number: int, try_number: int,
                   request: dict[str, Any]) -> LLMCall:
-    return LLMCall.objects.create(
-        step_id=scope.step_id, run_id=scope.run_id, step_attempt=scope.step_attempt, round=round_number,
-        try_number=try_number, provider=provider, provider_name=provider.name, kind=provider.kind, model=model,
-        request=scrub(request, scope.secrets),
-    )
+    with _evidence_only():
+        return LLMCall.objects.create(
+            step_id=scope.step_id, run_id=scope.run_id, step_attempt=scope.step_attempt, round=round_number,
+            try_number=try_number, provider=provider, provider_name=provider.name, kind=provider.kind, model=model,
+            request=scrub(request, scope.secrets),
+        )
 
 
 def _fail_record(call: LLMCall, err: ProviderError, scope: Scope, started: float) -> None:
-    LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
-        status=LLMCallStatus.FAILED, error=scrub(str(err), scope.secrets), error_kind=err.kind,
-        http_status=err.status, response=scrub(err.body, scope.secrets) if err.body is not None else None,
-        latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now())
+    with _evidence_only():
+        LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
+            status=LLMCallStatus.FAILED, error=scrub(str(err), scope.secrets), error_kind=err.kind,
+            http_status=err.status, response=scrub(err.body, scope.secrets) if err.body is not None else None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now())
 
 
 def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body: Any, status: int | None,
@@ -150,14 +174,21 @@ def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body
     canonical = True
     with transaction.atomic():
         try:
-            with transaction.atomic():
+            # A savepoint only where another attempt of the step may have answered this round.
+            with contextlib.nullcontext() if scope.first_attempt else transaction.atomic():
                 updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
                     status=LLMCallStatus.SUCCEEDED, **fields)
         except IntegrityError:
+            if scope.first_attempt:
+                raise
             # A concurrent attempt of this step recorded this round's answer first; ours was paid for too.
             canonical = False
             updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
                 status=LLMCallStatus.SUPERSEDED, **fields)
+        if updated == 1:
+            scope.input_tokens += result.input_tokens
+            scope.output_tokens += result.output_tokens
+            scope.cost_usd += cost
         if updated == 1 and (result.input_tokens or result.output_tokens or cost):
             usage = dict(input_tokens=F("input_tokens") + result.input_tokens,
                          output_tokens=F("output_tokens") + result.output_tokens, cost_usd=F("cost_usd") + cost)
@@ -216,6 +247,7 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
         else:
             http = client_for(provider.kind).build(provider, model, req, key)
         call = _start_record(scope, provider, model, round_number, tries, http.redacted())
+        scope.calls += 1
         started = time.perf_counter()
         try:
             if provider.kind == ProviderKind.FAKE:

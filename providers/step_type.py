@@ -96,10 +96,11 @@ class Agent:
         step = invocation.step
         self.step_id = step.pk
         run = invocation.run
-        self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
-                           budgeted=run.max_cost_usd is not None or run.max_tokens is not None)
         # The first claim of a step has nothing recorded to replay or to mark abandoned.
         self.first_attempt = step.attempt <= 1
+        self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
+                           budgeted=run.max_cost_usd is not None or run.max_tokens is not None,
+                           first_attempt=self.first_attempt)
         try:
             self.route = resolve(self.cfg)
         except ResolveError as exc:
@@ -281,16 +282,23 @@ class Agent:
     # --- output -------------------------------------------------------------------------
 
     def output(self, answer: Answer, value: Any, rounds: int, warnings: list[dict[str, Any]]) -> dict[str, Any]:
-        usage = LLMCall.objects.filter(step_id=self.step_id).aggregate(
-            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
-            calls=Count("id"))
+        scope = self.scope
+        usage: dict[str, Any]
+        if self.first_attempt:  # every call of the step was made by this execution
+            usage = {"input_tokens": scope.input_tokens, "output_tokens": scope.output_tokens,
+                     "cost": scope.cost_usd, "calls": scope.calls}
+        else:  # earlier attempts' calls count too (replayed rounds were paid for once, then)
+            usage = LLMCall.objects.filter(step_id=self.step_id).aggregate(
+                input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
+                calls=Count("id"))
+        tool_calls = ([row.as_output() for row in ToolCall.objects.filter(step_id=self.step_id)]
+                      if self.tools or not self.first_attempt else [])
         out: dict[str, Any] = {"json": value} if self.json else {"text": answer.result.text}
         out.update({
             "provider": answer.provider, "model": answer.model,
             "usage": {"input_tokens": usage["input_tokens"] or 0, "output_tokens": usage["output_tokens"] or 0,
                       "cost_usd": float(usage["cost"] or 0), "llm_calls": usage["calls"]},
-            "tool_calls": [row.as_output() for row in ToolCall.objects.filter(step_id=self.step_id)],
-            "rounds": rounds, "route": answer.route,
+            "tool_calls": tool_calls, "rounds": rounds, "route": answer.route,
         })
         if warnings:
             out["warnings"] = warnings
