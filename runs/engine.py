@@ -310,7 +310,7 @@ def _start_parallel(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecuti
 def _start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
                fx: Effects) -> step_types.Outcome | None:
     over = spec.raw["over"]
-    items = render_value(over, template_context(run, row)) if isinstance(over, str) else over
+    items = render_value(over, template_context(run, row))  # a literal list may hold templates too
     if not isinstance(items, list):
         return step_types.Fail(error_dict(
             "template_error", f"map {spec.name!r}: 'over' must evaluate to a list, got {type(items).__name__}"))

@@ -261,10 +261,23 @@ def resume_run(run_id: Any, *, actor: str = "") -> Run:
 
 
 def _redispatch_ready(run: Run, fx: engine.Effects) -> None:
-    ready = list(StepExecution.objects.filter(run_id=run.pk, status=StepStatus.READY).values_list("id", flat=True))
-    if ready:
-        StepExecution.objects.filter(pk__in=ready).update(dispatched_at=timezone.now())
-        fx.dispatch.extend(ready)
+    from steps.dispatch import can_publish
+
+    t = timezone.now()
+    # A process that cannot publish (embedded CLI) leaves dispatched_at empty so that the
+    # engine's reconciler rings at its next sweep instead of REDISPATCH_SECONDS later.
+    publish = can_publish()
+    rows = list(StepExecution.objects.filter(run_id=run.pk, status=StepStatus.READY).values_list("id", "not_before"))
+    due = [pk for pk, not_before in rows if not_before is None or not_before <= t]
+    if due:
+        StepExecution.objects.filter(pk__in=due).update(dispatched_at=t if publish else None)
+        fx.dispatch.extend(due)
+    for pk, not_before in rows:
+        delay = (not_before - t).total_seconds() if not_before is not None else 0.0
+        if 0 < delay <= 60 and publish:
+            # Still backing off from a failure: a message now would find nothing to claim.
+            StepExecution.objects.filter(pk=pk).update(dispatched_at=not_before)
+            fx.countdowns.append((pk, delay))
 
 
 def retry_run(run_id: Any, *, actor: str = "") -> Run:

@@ -102,7 +102,11 @@ def time_limit(seconds: float | None) -> Iterator[None]:
                               "here, so it ran to the end and its result was discarded)")
         return
 
+    fired = False
+
     def on_alarm(signum: int, frame: Any) -> None:
+        nonlocal fired
+        fired = True
         raise StepTimeout(f"step exceeded its timeout of {seconds}s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -112,6 +116,10 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:
+        # A handler's ``except Exception`` swallowed the timeout and returned: it still timed out.
+        raise StepTimeout(f"step exceeded its timeout of {seconds}s (the handler caught the timeout; "
+                          "its result was discarded)")
 
 
 def _context(run: Run, row: StepExecution, config: Any) -> StepContext:

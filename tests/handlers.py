@@ -77,6 +77,16 @@ def slow_first(ctx: StepContext) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+@handler("test.swallow")
+def swallow(ctx: StepContext) -> dict[str, Any]:
+    """Sleep ``seconds`` inside a broad ``except Exception`` (the kind that would swallow a timeout)."""
+    try:
+        time.sleep(float((ctx.config or {}).get("seconds", 5)))
+    except Exception as exc:
+        return {"swallowed": type(exc).__name__}
+    return {"swallowed": None}
+
+
 @handler("test.nan")
 def nan(ctx: StepContext) -> Any:
     """Output that json.dumps accepts by default but JSON (and PostgreSQL's jsonb) does not."""

@@ -153,6 +153,14 @@ def test_map_respects_max_concurrency_and_joins_outputs_in_item_order(engine: An
     assert 1 <= most <= 2
 
 
+def test_map_over_a_literal_list_renders_its_templates(engine: Any, workflow: Any) -> None:
+    workflow({"name": "literal-map", "steps": [
+        {"name": "each", "type": "map", "over": ["{{ input.a }}", "b", "{{ input.n + 1 }}"],
+         "step": {"type": "task", "handler": "test.value"}}]})
+    run = run_to_end("literal-map", {"a": "A", "n": 1})
+    assert (run.status, run.output) == ("completed", ["A", "b", 2])
+
+
 def test_map_over_an_empty_list_outputs_an_empty_list(engine: Any, workflow: Any) -> None:
     workflow({"name": "empty-map", "steps": [
         {"name": "gather", "type": "map", "over": "{{ input.xs }}", "step": {"type": "task", "handler": "echo"}}]})
@@ -458,6 +466,14 @@ def test_a_step_timeout_counts_as_a_retryable_failure(engine: Any, workflow: Any
     assert "timeout of 0.5s" in retry.message
 
 
+def test_a_handler_cannot_swallow_its_timeout(engine: Any, workflow: Any) -> None:
+    workflow({"name": "swallower", "steps": [task("greedy", "test.swallow", config={"seconds": 5},
+                                                  timeout_seconds=0.3)]})
+    run = run_to_end("swallower")
+    assert run.status == "failed"
+    assert error_of(run)["type"] == "StepTimeout" and "the handler caught the timeout" in error_of(run)["message"]
+
+
 def test_a_timeout_off_the_main_thread_still_discards_the_late_result() -> None:
     from steps.executor import StepTimeout, time_limit
 
@@ -565,6 +581,21 @@ def test_pause_holds_the_next_step_and_resume_lets_it_run(engine: Any, workflow:
     assert [line.split()[1] for line in read_ledger(ledger)] == ["s0", "s1", "s2"]
     assert [e.kind for e in RunEvent.objects.filter(run=run, kind__startswith="control_")] == [
         "control_pause", "control_resume"]
+
+
+def test_a_run_paused_during_a_retry_backoff_retries_after_resume(engine: Any, workflow: Any) -> None:
+    workflow({"name": "pause-backoff", "steps": [task("flaky", "test.fail_times", config={"times": 1},
+                                                      retry={"max_attempts": 2, "backoff_seconds": 1,
+                                                             "jitter": False})]})
+    run = start_run("pause-backoff", {}).run
+    wait_until(lambda: events(run, "step_retry_scheduled"), timeout=20, message="the first failure")
+    pause_run(run.pk)
+    resume_run(run.pk)
+    row = StepExecution.objects.get(run=run, key="flaky")
+    assert row.status == "ready" and row.not_before is not None
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    assert StepExecution.objects.get(pk=row.pk).attempt == 2
 
 
 def test_retry_run_resumes_from_the_failed_step_and_leaves_completed_steps_alone(engine: Any, workflow: Any,
