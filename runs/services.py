@@ -341,7 +341,21 @@ def _reopen(run: Run, wf: Any, row: StepExecution, fx: engine.Effects) -> None:
             fx.event(run.pk, "step_reopened", row.key)
             fx.after_commit.append(lambda: retry_run(child.pk, actor=f"run:{run.pk}"))
             return
+    if not step_types.is_work(row.type) and row.type not in engine.CONTROL_TYPES:
+        # An inline step (approval, event, timer) has no worker to retry it: activate it afresh.
+        _reactivate_inline(run, wf, row, fx)
+        return
     _restore(run, row, StepStatus.READY, fx, reset_failures=True)
+
+
+def _reactivate_inline(run: Run, wf: Any, row: StepExecution, fx: engine.Effects) -> None:
+    t = timezone.now()
+    StepExecution.objects.filter(pk=row.pk, status=StepStatus.FAILED).update(
+        status=StepStatus.RUNNING, error=None, output=None, finished_at=None, started_at=t, ready_at=t,
+        wake_at=None, failures=0)
+    row.refresh_from_db()
+    fx.event(run.pk, "step_reopened", row.key, data={"status": StepStatus.RUNNING})
+    engine._start_inline(run, wf, engine.spec_of(wf, row), row, fx)
 
 
 def _reopen_chain(run: Run, row: StepExecution, fx: engine.Effects) -> None:

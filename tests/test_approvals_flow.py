@@ -216,3 +216,24 @@ def test_pending_approvals_json_lists_what_a_user_may_decide(engine: Any, workfl
     assert [(r["id"], r["run"], r["step"]) for r in rows] == [(approval.pk, str(run.pk), "review")]
     call_command("pending_approvals", "--json", "--as", "bob")
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_run_failed_by_an_approval_timeout_can_be_retried_and_asks_again(
+        engine: Any, workflow: Any, alice: User) -> None:
+    from runs.services import retry_run
+
+    workflow({"name": "strict-review", "steps": [
+        {"name": "review", "type": "approval", "content": "{{ input.doc }}", "timeout_seconds": 0.3,
+         "on_timeout": "fail"},
+        {"name": "after", "type": "task", "handler": "test.value", "config": {"value": "{{ steps.review.output }}"}},
+    ]})
+    run = wait_for_run(start_run("strict-review", {"doc": "d"}).run.pk)
+    assert run.status == "failed" and run.error["type"] == "approval_timeout"
+    retry_run(run.pk, actor="test")
+    # The retried step asks again: a second request with its own (again short) deadline.
+    wait_until(lambda: Approval.objects.filter(run_id=run.pk).count() == 2, timeout=10,
+               message="a fresh approval request")
+    run = wait_for_run(run.pk)
+    assert run.status == "failed" and run.error["type"] == "approval_timeout"
+    assert list(Approval.objects.filter(run_id=run.pk).values_list("status", flat=True)) == ["expired", "expired"]
+    assert RunEvent.objects.filter(run_id=run.pk, kind="approval_requested").count() == 2
