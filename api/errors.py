@@ -121,3 +121,13 @@ def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
             message = f"rate limit exceeded; retry in {int(exc.wait) + 1} seconds"
         response.data = body(getattr(exc, "default_code", None) or kind, message)
     return response
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """``handler404``: a URL under /api/ that matches no route gets the JSON error body too."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(body("not_found", f"no API endpoint at {request.path}"), status=404)
+    return page_not_found(request, exception)  # type: ignore[arg-type]

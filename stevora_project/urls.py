@@ -11,3 +11,5 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "v1"), namespace="v1")),
     path("api/", include((api_pages, "api"), namespace="api")),
 ]
+
+handler404 = "api.errors.not_found"
