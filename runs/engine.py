@@ -34,6 +34,7 @@ from .templating import TemplateProblem, evaluate, render_value
 logger = logging.getLogger("stevora.engine")
 
 CONTROL_TYPES = frozenset({"condition", "parallel", "map", "workflow"})
+MAX_CHILD_DEPTH = 10  # runs below a top-level run (a workflow step that starts its own workflow)
 
 
 @dataclass
@@ -332,6 +333,15 @@ def _start_child(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> s
     from .services import StartError, start_run_locked
 
     raw = spec.raw
+    depth, ancestor = 1, run.parent_run_id
+    while ancestor is not None and depth <= MAX_CHILD_DEPTH:
+        depth += 1
+        ancestor = Run.objects.filter(pk=ancestor).values_list("parent_run_id", flat=True).first()
+    if depth > MAX_CHILD_DEPTH:
+        # A workflow that (indirectly) starts itself would otherwise nest without end.
+        return step_types.Fail(error_dict(
+            "child_start_failed", f"child runs nest deeper than {MAX_CHILD_DEPTH} levels; "
+            f"does {raw['workflow']!r} start itself?"))
     context = template_context(run, row)
     child_input = render_value(raw.get("input", {}), context)
     try:

@@ -340,6 +340,22 @@ def test_retry_on_and_non_retryable_choose_which_errors_are_retried(engine: Any,
     assert steps_of(run)["bug"].attempt == attempts
 
 
+def test_a_workflow_that_starts_itself_stops_at_the_nesting_limit(engine: Any, workflow: Any) -> None:
+    from runs.engine import MAX_CHILD_DEPTH
+
+    workflow({"name": "ouroboros", "steps": [{"name": "again", "type": "workflow", "workflow": "ouroboros"}]})
+    workflow({"name": "slow-ouroboros", "steps": [
+        task("first"), {"name": "again", "type": "workflow", "workflow": "slow-ouroboros"}]})
+    for name in ("ouroboros", "slow-ouroboros"):
+        run = run_to_end(name)
+        assert run.status == "failed"
+        assert error_of(run)["type"] == "child_failed"
+        assert Run.objects.filter(workflow_name=name).count() == MAX_CHILD_DEPTH + 1
+        deepest = Run.objects.filter(workflow_name=name).order_by("-created_at").first()
+        assert deepest is not None
+        assert f"nest deeper than {MAX_CHILD_DEPTH} levels" in error_of(deepest)["message"]
+
+
 # --- waits -------------------------------------------------------------------------------------
 
 
