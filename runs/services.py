@@ -341,8 +341,9 @@ def _reopen(run: Run, wf: Any, row: StepExecution, fx: engine.Effects) -> None:
             fx.event(run.pk, "step_reopened", row.key)
             fx.after_commit.append(lambda: retry_run(child.pk, actor=f"run:{run.pk}"))
             return
-    if not step_types.is_work(row.type) and row.type not in engine.CONTROL_TYPES:
-        # An inline step (approval, event, timer) has no worker to retry it: activate it afresh.
+    if not step_types.is_work(row.type):
+        # An inline or control step (approval, event, timer; a condition, a map whose 'over'
+        # failed, a child that could not start) has no worker to retry it: activate it afresh.
         _reactivate_inline(run, wf, row, fx)
         return
     _restore(run, row, StepStatus.READY, fx, reset_failures=True)

@@ -270,6 +270,26 @@ def test_a_child_that_cannot_start_fails_the_step_with_the_input_errors(engine: 
     assert "'x' is a required property" in error_of(run)["message"]
 
 
+def test_retry_run_after_loading_a_missing_child_workflow_starts_the_child(engine: Any, workflow: Any) -> None:
+    workflow({"name": "needs-helper", "steps": [
+        {"name": "sub", "type": "workflow", "workflow": "helper", "input": {"v": "{{ input.v }}"}},
+        {"name": "more", "type": "map", "over": "{{ input.xs }}", "step": {"type": "task", "handler": "test.value"}}]})
+    run = run_to_end("needs-helper", {"v": 1, "xs": "not a list"})
+    assert run.status == "failed" and error_of(run)["type"] == "child_start_failed"
+    assert "no workflow named 'helper'" in error_of(run)["message"]
+    workflow({"name": "helper", "steps": [task("h", "echo", config={"v": "{{ input.v }}"})]})
+    retry_run(run.pk)
+    run = wait_for_run(run.pk)
+    # The child starts now; the map then fails on its own bad input, and is retried afresh too.
+    assert run.status == "failed" and error_of(run)["step"] == "more", run.error
+    assert steps_of(run)["sub"].output == {"v": 1}
+    assert "'over' must evaluate to a list" in error_of(run)["message"]
+    retry_run(run.pk)
+    run = wait_for_run(run.pk)
+    assert run.status == "failed" and error_of(run)["step"] == "more"
+    assert Run.objects.filter(parent_run=run).count() == 1
+
+
 def test_a_child_that_finishes_at_once_completes_the_parent_step(engine: Any, workflow: Any) -> None:
     workflow({"name": "instant-child", "steps": [{"name": "yes", "type": "condition", "if": True, "then": "end"}]})
     workflow({"name": "instant-fail", "steps": [{"name": "no", "type": "condition", "if": "input.missing"}]})
