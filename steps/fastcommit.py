@@ -73,27 +73,35 @@ def _fields(model: type[Model]) -> list[Field[Any, Any]]:
     return [f for f in model._meta.local_concrete_fields if not f.primary_key]
 
 
-def _insert_sql(model: type[Model], rows: int) -> str:
+def _insert_sql(model: type[Model], rows: int, first: int) -> str:
+    """``INSERT … SELECT $first, … FROM done [UNION ALL …]``, typed by the model's columns."""
     qn = connection.ops.quote_name
     fields = _fields(model)
-    select = "SELECT " + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields) + " FROM done"
+    selects = []
+    for row in range(rows):
+        base = first + row * len(fields)
+        selects.append("SELECT " + ", ".join(f"CAST(${base + i} AS {f.db_type(connection)})"
+                                             for i, f in enumerate(fields)) + " FROM done")
     return (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-            + " UNION ALL ".join([select] * rows))
+            + " UNION ALL ".join(selects))
 
 
 @functools.cache
 def _statement() -> str:
-    """The statement's text: the same for every call (server-side prepared once per connection)."""
+    """The statement's text, with ``$n`` placeholders: the same for every call, so it is
+    prepared (parsed and planned) once per connection."""
     qn = connection.ops.quote_name
     step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
+    first_step = 11
+    first_event = first_step + len(_fields(StepExecution))
     return (
-        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = %s FOR UPDATE), "
-        f"done AS (UPDATE {step_table} SET {qn('status')} = %s, {qn('output')} = %s, {qn('input')} = %s, "
-        f"{qn('error')} = NULL, {qn('finished_at')} = %s, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
-        f"WHERE {qn('id')} = %s AND {qn('status')} = %s AND {qn('lease_owner')} = %s AND {qn('attempt')} = %s "
-        f"AND EXISTS (SELECT 1 FROM run WHERE {qn('status')} = %s) RETURNING {qn('id')}), "
-        f"nxt AS ({_insert_sql(StepExecution, 1)} RETURNING {qn('id')}), "
-        f"history AS ({_insert_sql(RunEvent, 2)}) "
+        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR UPDATE), "
+        f"done AS (UPDATE {step_table} SET {qn('status')} = $2, {qn('output')} = $3, {qn('input')} = $4, "
+        f"{qn('error')} = NULL, {qn('finished_at')} = $5, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
+        f"WHERE {qn('id')} = $6 AND {qn('status')} = $7 AND {qn('lease_owner')} = $8 AND {qn('attempt')} = $9 "
+        f"AND EXISTS (SELECT 1 FROM run WHERE {qn('status')} = $10) RETURNING {qn('id')}), "
+        f"nxt AS ({_insert_sql(StepExecution, 1, first_step)} RETURNING {qn('id')}), "
+        f"history AS ({_insert_sql(RunEvent, 2, first_event)}) "
         f"SELECT {qn('id')} FROM nxt"
     )
 
@@ -131,8 +139,9 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    # Django's cursors bind on the client; this one binds on the server, so it can be prepared.
-    with psycopg.Cursor(raw) as cursor:
+    # Django's cursors bind on the client; this one binds on the server, so it can be prepared,
+    # and takes $n placeholders as they are (psycopg does not cache conversions of >50 params).
+    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
         cursor.execute(_statement(), params, prepare=True)
         got = cursor.fetchone()
     if got is None:
