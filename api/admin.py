@@ -13,7 +13,7 @@ from .models import ApiKey, revoke
 from .services import ApiKeyError, check_rate, create_key
 
 
-class ApiKeyForm(forms.ModelForm):  # type: ignore[type-arg]
+class ApiKeyForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ["name", "workspace", "user", "rate"]
@@ -26,7 +26,7 @@ class ApiKeyForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
     list_display = ["name", "shown_prefix", "workspace", "user", "rate", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["workspace", ("revoked_at", admin.EmptyFieldListFilter)]
@@ -38,7 +38,7 @@ class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def shown_prefix(self, key: ApiKey) -> str:
         return f"stv_{key.prefix}_…"
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:
             return ["name", "workspace", "user", "rate"]
         return ["name", "shown_prefix", "workspace", "user", "rate", "created_at", "last_used_at", "revoked_at"]

@@ -55,7 +55,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="stevora"'
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "api.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 

@@ -117,8 +117,9 @@ def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
     else:
         detail = getattr(exc, "detail", None)
         message = str(detail) if detail is not None and not isinstance(detail, (dict, list)) else kind
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            message = f"rate limit exceeded; retry in {int(exc.wait) + 1} seconds"
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, exceptions.Throttled) and wait is not None:
+            message = f"rate limit exceeded; retry in {int(wait) + 1} seconds"
         response.data = body(getattr(exc, "default_code", None) or kind, message)
     return response
 
@@ -130,4 +131,4 @@ def not_found(request: Any, exception: Exception | None = None) -> Any:
 
     if request.path.startswith("/api/"):
         return JsonResponse(body("not_found", f"no API endpoint at {request.path}"), status=404)
-    return page_not_found(request, exception)  # type: ignore[arg-type]
+    return page_not_found(request, exception)

@@ -9,17 +9,18 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 
-class FieldErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class FieldErrorSerializer(serializers.Serializer):
     field = serializers.CharField(help_text="Path of the bad field, e.g. `input.topic` or `steps[2].handler`.")
     message = serializers.CharField()
 
 
-class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ErrorSerializer(serializers.Serializer):
     type = serializers.CharField(help_text="Machine-readable kind: invalid_input, not_authenticated, "
                                            "authentication_failed, permission_denied, not_found, conflict, "
                                            "throttled, …")
     detail = serializers.CharField(help_text="What went wrong, in words.")
-    errors = FieldErrorSerializer(many=True, help_text="One entry per bad field (empty when no field is to blame).")
+    errors = FieldErrorSerializer(  # type: ignore[assignment]
+        many=True, help_text="One entry per bad field (empty when no field is to blame).")
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -27,7 +28,7 @@ def _error(description: str) -> OpenApiResponse:
 
 
 class StevoraAutoSchema(AutoSchema):
-    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         view = self.view
         errors: dict[str, OpenApiResponse] = {}

@@ -18,9 +18,9 @@ M = TypeVar("M", bound=Model)
 
 def workspace_of(request: Request) -> Workspace:
     """The key's workspace; a browser session works in the default workspace."""
-    cached = getattr(request, "_stevora_workspace", None)
+    cached: Workspace | None = getattr(request, "_stevora_workspace", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     auth = getattr(request, "auth", None)
     workspace = auth.workspace if isinstance(auth, ApiKey) else Workspace.default()
     request._stevora_workspace = workspace  # type: ignore[attr-defined]

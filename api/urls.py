@@ -13,26 +13,8 @@ from events.api import EventDeliver
 from providers.api import CostSummary
 from runs import api as runs_api
 
-
-class _Public:
-    """The schema and its pages need no key (they describe the API, they do not reveal data)."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-    throttle_classes: list[Any] = []
-    public_endpoint = True
-
-
-class SchemaView(_Public, SpectacularAPIView):
-    pass
-
-
-class SwaggerView(_Public, SpectacularSwaggerView):
-    pass
-
-
-class RedocView(_Public, SpectacularRedocView):
-    pass
+# The schema and its pages need no key (they describe the API, they do not reveal data).
+PUBLIC: dict[str, Any] = {"authentication_classes": [], "permission_classes": [AllowAny], "throttle_classes": []}
 
 
 RUN = "runs/<uuid:run_id>/"
@@ -60,8 +42,8 @@ v1 = [
 ]
 
 urlpatterns = [
-    path("schema/", SchemaView.as_view(), name="schema"),
-    path("docs/", SwaggerView.as_view(url_name="api:schema"), name="swagger-ui"),
-    path("redoc/", RedocView.as_view(url_name="api:schema"), name="redoc"),
+    path("schema/", SpectacularAPIView.as_view(**PUBLIC), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", **PUBLIC), name="swagger-ui"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema", **PUBLIC), name="redoc"),
 ]
 

@@ -16,7 +16,7 @@ from . import services
 from .models import Approval, ApprovalStatus
 
 
-class ApprovalSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class ApprovalSerializer(serializers.ModelSerializer):
     run = serializers.UUIDField(source="run_id")
     content = serializers.JSONField(allow_null=True)
     edited_content = serializers.JSONField(allow_null=True)
@@ -32,13 +32,13 @@ class ApprovalSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         read_only_fields = fields
 
 
-class DecideSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class DecideSerializer(serializers.Serializer):
     approve = serializers.BooleanField(help_text="true to approve, false to reject.")
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=services.MAX_COMMENT)
     content = serializers.JSONField(required=False, help_text="Edited content (only where the step allows edits).")
 
 
-class DecisionSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class DecisionSerializer(serializers.Serializer):
     approval = ApprovalSerializer()
     output = serializers.JSONField(help_text="The approval step's output, as the run sees it.")
 

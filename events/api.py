@@ -13,7 +13,7 @@ from api.scoping import workspace_of
 from . import services
 
 
-class EventInSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class EventInSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=services.MAX_NAME)
     key = serializers.CharField(required=False, allow_blank=True, max_length=services.MAX_KEY,
                                 help_text="Correlation key the waiting steps match on (e.g. an order id).")
@@ -22,7 +22,7 @@ class EventInSerializer(serializers.Serializer):  # type: ignore[type-arg]
                                help_text="Your id for deduplication: the same id again is the same event.")
 
 
-class EventOutSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class EventOutSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     key = serializers.CharField(allow_blank=True)

@@ -21,7 +21,7 @@ from .models import LLMCall
 TRUNC = {"day": TruncDay, "week": TruncWeek, "month": TruncMonth}
 
 
-class CostQuerySerializer(serializers.Serializer):  # type: ignore[type-arg]
+class CostQuerySerializer(serializers.Serializer):
     period = serializers.ChoiceField(choices=list(TRUNC), default="day", help_text="Bucket size of `by_period`.")
     since = serializers.DateTimeField(required=False, help_text="ISO 8601, inclusive (default: 30 days ago).")
     until = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive (default: now).")
@@ -34,7 +34,7 @@ class CostQuerySerializer(serializers.Serializer):  # type: ignore[type-arg]
         return attrs
 
 
-class CostRowSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class CostRowSerializer(serializers.Serializer):
     key = serializers.CharField(help_text="The group: a period start (ISO 8601), a workflow or a provider name.")
     calls = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
@@ -42,7 +42,7 @@ class CostRowSerializer(serializers.Serializer):  # type: ignore[type-arg]
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
 
 
-class CostSummarySerializer(serializers.Serializer):  # type: ignore[type-arg]
+class CostSummarySerializer(serializers.Serializer):
     period = serializers.CharField()
     since = serializers.DateTimeField()
     until = serializers.DateTimeField()

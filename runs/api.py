@@ -57,7 +57,7 @@ def actor_of(request: Request) -> str:
 # --- definitions -------------------------------------------------------------------------
 
 
-class DefinitionListCreate(generics.GenericAPIView):  # type: ignore[type-arg]
+class DefinitionListCreate(generics.GenericAPIView):
     pagination_class = NewestFirst
     required_permissions = {"POST": ["runs.add_workflow"]}
 
@@ -112,7 +112,7 @@ def _run(request: Request, run_id: Any) -> Run:
     return get_scoped(request, Run.objects.select_related("workflow"), "run", pk=run_id)
 
 
-class RunListCreate(generics.GenericAPIView):  # type: ignore[type-arg]
+class RunListCreate(generics.GenericAPIView):
     pagination_class = NewestFirst
     required_permissions = {"POST": ["runs.add_run"]}
 
@@ -226,7 +226,7 @@ class OldestFirst(CursorPagination):
     max_page_size = 1000
 
 
-class RunHistory(generics.GenericAPIView):  # type: ignore[type-arg]
+class RunHistory(generics.GenericAPIView):
     pagination_class = OldestFirst
 
     @extend_schema(operation_id="runs_history", responses=RunEventSerializer(many=True),

@@ -14,21 +14,21 @@ from .models import Run, RunEvent, RunStatus, Workflow
 JSON_ANY: dict[str, Any] = {}  # OpenAPI: any JSON value
 
 
-class WorkflowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class WorkflowSerializer(serializers.ModelSerializer):
     class Meta:
         model = Workflow
         fields = ["name", "version", "description", "content_hash", "created_at", "definition"]
         read_only_fields = fields
 
 
-class WorkflowSummarySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class WorkflowSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = Workflow
         fields = ["name", "version", "description", "content_hash", "created_at"]
         read_only_fields = fields
 
 
-class DefinitionCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class DefinitionCreateSerializer(serializers.Serializer):
     definition = serializers.JSONField(help_text="The workflow document (the same JSON/YAML structure "
                                                  "`load_workflows` reads), validated against the published schema.")
 
@@ -41,9 +41,9 @@ class DefinitionCreatedSerializer(WorkflowSerializer):
         read_only_fields = fields
 
 
-class StepSummarySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class StepSummarySerializer(serializers.ModelSerializer):
     attempts = serializers.IntegerField(source="attempt", help_text="Claims so far.")
-    parent = serializers.SerializerMethodField()
+    parent = serializers.SerializerMethodField()  # type: ignore[assignment]
     input = serializers.JSONField(allow_null=True)
     output = serializers.JSONField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
@@ -66,7 +66,7 @@ class StepSummarySerializer(serializers.ModelSerializer):  # type: ignore[type-a
             "key", flat=True).first()
 
 
-class RunSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class RunSerializer(serializers.ModelSerializer):
     workflow = serializers.CharField(source="workflow_name")
     version = serializers.IntegerField(source="workflow.version")
     status = serializers.ChoiceField(choices=RunStatus.choices)
@@ -99,7 +99,7 @@ class RunDetailSerializer(RunSerializer):
         return StepSummarySerializer(rows, many=True, context={**self.context, "keys_by_id": keys}).data  # type: ignore[return-value]
 
 
-class RunStartSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class RunStartSerializer(serializers.Serializer):
     workflow = serializers.CharField(max_length=200, help_text="Workflow name (the latest version unless `version`).")
     version = serializers.IntegerField(required=False, min_value=1)
     input = serializers.JSONField(required=False, default=dict, help_text="The run input: a JSON object.")
@@ -110,26 +110,26 @@ class RunStartSerializer(serializers.Serializer):  # type: ignore[type-arg]
     max_tokens = serializers.IntegerField(required=False, min_value=1)
 
 
-class RunFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class RunFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
     workflow = serializers.CharField(required=False, max_length=200)
     created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
     created_before = serializers.DateTimeField(required=False, help_text="ISO 8601; exclusive.")
 
 
-class ControlSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ControlSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000,
                                    help_text="Cancel only: recorded in the run's error and history.")
 
 
-class ForkSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ForkSerializer(serializers.Serializer):
     from_step = serializers.CharField(max_length=200, help_text="A top-level step the source run reached: "
                                                                 "results of the steps before it are kept.")
     input = serializers.JSONField(required=False, help_text="Changed run input (default: the source run's).")
 
 
-class RunEventSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    data = serializers.JSONField()
+class RunEventSerializer(serializers.ModelSerializer):
+    data = serializers.JSONField()  # type: ignore[assignment]
 
     class Meta:
         model = RunEvent
@@ -137,7 +137,7 @@ class RunEventSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         read_only_fields = fields
 
 
-class AttemptSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class AttemptSerializer(serializers.Serializer):
     attempt = serializers.IntegerField(allow_null=True)
     outcome = serializers.ChoiceField(choices=["completed", "retry_scheduled", "failed", "recovered"])
     worker = serializers.CharField(allow_blank=True)
@@ -148,7 +148,7 @@ class AttemptSerializer(serializers.Serializer):  # type: ignore[type-arg]
     at = serializers.DateTimeField()
 
 
-class LLMCallSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class LLMCallSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     provider = serializers.CharField(source="provider_name")
     model = serializers.CharField()
@@ -176,7 +176,7 @@ class StepDetailSerializer(StepSummarySerializer):
         read_only_fields = fields
 
 
-class RunCostRowSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class RunCostRowSerializer(serializers.Serializer):
     key = serializers.CharField(help_text="The group: a period start (ISO date), a workflow or a provider name.")
     calls = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
@@ -184,7 +184,7 @@ class RunCostRowSerializer(serializers.Serializer):  # type: ignore[type-arg]
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
 
 
-class RunCostSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class RunCostSerializer(serializers.Serializer):
     run = serializers.UUIDField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index"
 """Fork: a new run keeps the results of the steps before a named step and runs from there."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from .delivery import retry_now
 from .models import EventType, WebhookDelivery, WebhookSubscription
 
 
-class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
+class SubscriptionForm(forms.ModelForm):
     events = forms.MultipleChoiceField(choices=EventType.choices, widget=forms.CheckboxSelectMultiple)
 
     class Meta:
@@ -20,7 +20,7 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(WebhookSubscription)
-class WebhookSubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class WebhookSubscriptionAdmin(admin.ModelAdmin):
     form = SubscriptionForm
     list_display = ["url", "workspace", "event_list", "active", "created_at"]
     list_filter = ["active", "workspace"]
@@ -32,7 +32,7 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_display = ["created_at", "event", "url", "status", "attempts", "response_code", "next_attempt_at",
                     "short_error"]
     list_filter = ["status", "event", "workspace"]

@@ -9,6 +9,7 @@ records the outcome. Delivery is at-least-once: receivers deduplicate on
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -80,7 +81,8 @@ def ring(delivery_id: Any, countdown: float = 0.0) -> None:
     from .tasks import deliver_task
 
     try:
-        deliver_task.apply_async((str(delivery_id),), countdown=countdown or None)
+        deliver_task.apply_async((str(delivery_id),), countdown=countdown) if countdown else deliver_task.delay(
+            str(delivery_id))
     except Exception:  # broker down: the sweep sends it
         logger.exception("publishing webhook delivery %s failed; the sweep will send it", delivery_id)
 
@@ -190,7 +192,7 @@ def retry_now(delivery_ids: list[Any]) -> int:
         pk__in=delivery_ids, status__in=(DeliveryStatus.FAILED, DeliveryStatus.PENDING)).update(
         status=DeliveryStatus.PENDING, next_attempt_at=now, max_attempts=F("attempts") + F("max_attempts"))
     for delivery_id in delivery_ids:
-        transaction.on_commit(lambda d=delivery_id: ring(d))
+        transaction.on_commit(functools.partial(ring, delivery_id))
     return count
 
 
