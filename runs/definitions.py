@@ -123,12 +123,40 @@ def _path(parts: Iterable[Any]) -> str:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's loaders keep the last of two equal keys; in a definition that hides a typo."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def parse_text(text: str, source: str | None = None) -> Any:
     """Parse YAML or JSON text (JSON is YAML; .json files are parsed strictly as JSON)."""
     try:
         if source and source.endswith(".json"):
-            return json.loads(text)
-        return yaml.safe_load(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise DefinitionError([("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")],
+                                  source) from None
+        raise DefinitionError([("", f"not valid JSON: {exc}")], source) from None
     except json.JSONDecodeError as exc:
         raise DefinitionError([("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")],
                               source) from None

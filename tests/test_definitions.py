@@ -114,6 +114,17 @@ def test_json_files_are_parsed_strictly_and_errors_say_where(db: Any) -> None:
     assert "not valid YAML" in str(info.value) and "line" in str(info.value)
 
 
+def test_duplicate_keys_are_refused_instead_of_silently_keeping_the_last(db: Any) -> None:
+    with pytest.raises(DefinitionError) as info:
+        load_workflow_text("name: x\nsteps:\n  - name: a\n    type: task\n    handler: noop\n    handler: echo\n",
+                           source="dup.yaml")
+    assert "duplicate key 'handler'" in str(info.value) and "line 6" in str(info.value)
+    with pytest.raises(DefinitionError) as info:
+        load_workflow_text('{"name": "x", "name": "y", "steps": []}', source="dup.json")
+    assert "duplicate key 'name'" in str(info.value)
+    assert not Workflow.objects.exists()
+
+
 # --- each kind of mistake, refused with its path ---------------------------------------------
 
 
