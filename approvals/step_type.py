@@ -94,6 +94,16 @@ class ApprovalType(types.StepType):
         Approval.objects.filter(step_id=step.pk, status=ApprovalStatus.PENDING).update(
             status=ApprovalStatus.CANCELLED, decided_at=timezone.now())
 
+    def reopen(self, step: StepExecution) -> None:
+        """The run was retried and this cancelled step waits again: so does its request."""
+        approval = Approval.objects.filter(step_id=step.pk).order_by("-id").first()
+        if approval is None or approval.status != ApprovalStatus.CANCELLED:
+            return
+        Approval.objects.filter(pk=approval.pk, status=ApprovalStatus.CANCELLED).update(
+            status=ApprovalStatus.PENDING, decided_at=None)
+        record(step.run_id, "approval_reopened", step_key=step.key,
+               message=f"approval #{approval.pk} is pending again (run retried)", data={"approval_id": approval.pk})
+
 
 def register_approval_type() -> None:
     types.register(ApprovalType())

@@ -85,6 +85,16 @@ class ExternalEventType(types.StepType):
     def cancel(self, step: StepExecution) -> None:
         EventWait.objects.filter(step_id=step.pk).delete()
 
+    def reopen(self, step: StepExecution) -> None:
+        """The run was retried and this cancelled step waits again: index its wait again."""
+        from runs import engine
+
+        run = step.run
+        spec = engine.spec_of(engine.workflow_spec(run), step)
+        EventWait.objects.get_or_create(step=step, defaults={
+            "run": run, "workspace_id": run.workspace_id, "name": spec.raw["event"],
+            "key": step.state.get("key"), "match": spec.raw.get("match") or ""})
+
 
 def waits_for(workspace_id: int, name: str, key: str) -> Any:
     """Waiting steps an event (name, key) may satisfy: same key, or no key (match only)."""

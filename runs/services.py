@@ -379,8 +379,11 @@ def _restore(run: Run, row: StepExecution, previous: str, fx: engine.Effects, *,
     else:
         fields["error"] = None
     if status == StepStatus.WAITING and not step_types.is_work(row.type):
-        # A waiting inline step (approval, event, timer) is simply waiting again.
-        pass
+        # A waiting inline step (approval, event, timer) is simply waiting again; its type
+        # reopens what the cancellation closed (the approval request, the event wait).
+        reopen = getattr(step_types.get(row.type), "reopen", None)
+        if reopen is not None:
+            reopen(row)
     elif status == StepStatus.READY:
         fields.update(ready_at=t, dispatched_at=t)
         fx.dispatch.append(row.pk)

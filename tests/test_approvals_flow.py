@@ -237,3 +237,27 @@ def test_a_run_failed_by_an_approval_timeout_can_be_retried_and_asks_again(
     assert run.status == "failed" and run.error["type"] == "approval_timeout"
     assert list(Approval.objects.filter(run_id=run.pk).values_list("status", flat=True)) == ["expired", "expired"]
     assert RunEvent.objects.filter(run_id=run.pk, kind="approval_requested").count() == 2
+
+
+def test_a_retried_run_reopens_an_approval_its_failure_cancelled(engine: Any, workflow: Any, alice: User) -> None:
+    from runs.services import retry_run
+
+    workflow({"name": "two-branches", "steps": [{"name": "both", "type": "parallel", "branches": {
+        "person": [{"name": "review", "type": "approval", "content": "c"}],
+        "machine": [{"name": "flaky", "type": "task", "handler": "test.fail_times", "config": {"times": 1}}],
+    }}]})
+    run = wait_for_run(start_run("two-branches", {}).run.pk)
+    assert run.status == "failed"
+    approval = Approval.objects.get(run_id=run.pk)
+    assert approval.status == ApprovalStatus.CANCELLED
+    retry_run(run.pk, actor="test")
+    approval.refresh_from_db()
+    assert approval.status == ApprovalStatus.PENDING
+    # (The run may still say "running" once the other branch is done: the engine refreshes the
+    # run's status when a step parks, not when a sibling branch finishes.)
+    wait_until(lambda: StepExecution.objects.filter(run_id=run.pk, key="flaky", status="completed").exists(),
+               timeout=30, message="the other branch to finish")
+    decide(approval.pk, user=alice, approve=True)
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    assert run.output["person"]["approved"] is True

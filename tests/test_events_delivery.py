@@ -17,6 +17,7 @@ from runs.services import start_run
 from steps.models import StepExecution
 from tests.approval_support import busy_steps, wait_parked
 from tests.conftest import wait_for_run
+from tests.support.workers import wait_until
 
 
 def order_workflow(name: str = "order-flow", **wait: Any) -> dict[str, Any]:
@@ -163,3 +164,24 @@ def test_expired_events_are_purged_and_bad_payloads_refused_by_the_command(db: A
     assert list(Event.objects.values_list("pk", flat=True)) == [kept.pk]
     with pytest.raises(CommandError, match="--payload is not valid JSON"):
         call_command("send_event", "ping", "--payload", "{nope")
+
+
+def test_a_retried_run_waits_again_for_an_event_its_failure_cancelled(engine: Any, workflow: Any) -> None:
+    from runs.services import retry_run
+
+    workflow({"name": "two-branches-event", "steps": [{"name": "both", "type": "parallel", "branches": {
+        "outside": [{"name": "paid", "type": "external_event", "event": "payment.received", "key": "{{ input.o }}"}],
+        "machine": [{"name": "flaky", "type": "task", "handler": "test.fail_times", "config": {"times": 1}}],
+    }}]})
+    run = wait_for_run(start_run("two-branches-event", {"o": "G-1"}).run.pk)
+    assert run.status == "failed"
+    assert not EventWait.objects.filter(run_id=run.pk).exists()
+    retry_run(run.pk, actor="test")
+    # (The run may still say "running" once the other branch is done: the engine refreshes the
+    # run's status when a step parks, not when a sibling branch finishes.)
+    wait_until(lambda: StepExecution.objects.filter(run_id=run.pk, key="flaky", status="completed").exists(),
+               timeout=30, message="the other branch to finish")
+    assert deliver_event("payment.received", key="G-1", payload={"ok": 1}).matched_step_ids
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    assert run.output["outside"]["payload"] == {"ok": 1}
