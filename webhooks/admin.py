@@ -12,6 +12,7 @@ from .models import EventType, WebhookDelivery, WebhookSubscription
 
 
 class SubscriptionForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
     events = forms.MultipleChoiceField(choices=EventType.choices, widget=forms.CheckboxSelectMultiple)
 
     class Meta:
