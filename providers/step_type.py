@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 from django.db import IntegrityError
 from django.db.models import Count, Sum
 from django.utils import timezone
@@ -86,6 +87,58 @@ class LLMType(types.StepType):
 
     def execute(self, invocation: types.Invocation) -> Any:
         return Agent(invocation).run()
+
+    def check(self, raw: dict[str, Any], handler_exists: Any) -> list[tuple[str, str]]:
+        return definition_errors(raw, handler_exists)
+
+
+def _schema_error(schema: Any) -> str | None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"not a valid JSON Schema: {exc.message}"
+    return None
+
+
+def definition_errors(raw: dict[str, Any], handler_exists: Any) -> list[tuple[str, str]]:
+    """What the workflow JSON Schema cannot check about an llm step, by path below the step."""
+    errors: list[tuple[str, str]] = []
+    if "output_schema" in raw:
+        if raw.get("response_format") == "text":
+            errors.append((".response_format", "an output_schema needs json answers: use json or leave it out"))
+        problem = _schema_error(raw["output_schema"])
+        if problem:
+            errors.append((".output_schema", problem))
+    names: dict[str, int] = {}
+    for i, tool in enumerate(raw.get("tools") or []):
+        if handler_exists is not None and not handler_exists(tool["handler"]):
+            errors.append((f".tools[{i}].handler", f"no handler registered under {tool['handler']!r}"))
+        name = tool_name(tool)
+        if name in names:
+            errors.append((f".tools[{i}].name", f"tool name {name!r} is already used by tools[{names[name]}]"))
+        names.setdefault(name, i)
+        if "parameters" in tool:
+            problem = _schema_error(tool["parameters"])
+            if problem:
+                errors.append((f".tools[{i}].parameters", problem))
+    needs = {"regex": "pattern", "blocklist": "words", "handler": "handler", "schema": "schema"}
+    for i, rule in enumerate(raw.get("guardrails") or []):
+        path, kind = f".guardrails[{i}]", rule["type"]
+        if not rule.get(needs[kind]):
+            errors.append((f"{path}.{needs[kind]}", f"a {kind} guardrail needs {needs[kind]}"))
+            continue
+        if kind == "regex":
+            try:
+                re.compile(rule["pattern"])
+            except re.error as exc:
+                errors.append((f"{path}.pattern", f"not a valid regular expression: {exc}"))
+        elif kind == "handler" and handler_exists is not None and not handler_exists(rule["handler"]):
+            errors.append((f"{path}.handler", f"no handler registered under {rule['handler']!r}"))
+        elif kind == "schema":
+            problem = _schema_error(rule["schema"])
+            if problem:
+                errors.append((f"{path}.schema", problem))
+    return errors
 
 
 class Agent:

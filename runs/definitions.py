@@ -290,6 +290,10 @@ class _Builder:
 
     def check_step_fields(self, spec: StepSpec, path: str) -> None:
         raw = spec.raw
+        step_type = _step_type(spec.type)
+        if step_type is not None:
+            for subpath, message in step_type.check(raw, self.handler_exists):
+                self.error(f"{path}{subpath}", message)
         if spec.type == "task" and self.handler_exists is not None and not self.handler_exists(raw["handler"]):
             self.error(f"{path}.handler", f"no handler registered under {raw['handler']!r}")
         if spec.type == "condition" and isinstance(raw.get("if"), str):
@@ -333,6 +337,15 @@ class _Builder:
                     where = f"branch {other.sequence!r}" if other.sequence else "the top level"
                     self.error(f"{path}.{fieldname}",
                                f"step {target!r} is in {where}; a jump must stay in the same sequence")
+
+
+def _step_type(name: str) -> Any:
+    """The registered step type (None before the apps are ready, e.g. in schema tooling)."""
+    try:
+        from steps import types as step_types
+    except ImportError:
+        return None
+    return step_types.get(name)
 
 
 def _is_template_str(value: str) -> bool:

@@ -83,6 +83,13 @@ class StepType:
     def cancel(self, step: StepExecution) -> None:
         """The waiting step was cancelled (run cancelled or a sibling failed)."""
 
+    def check(self, raw: dict[str, Any], handler_exists: Any) -> list[tuple[str, str]]:
+        """Load-time checks the JSON Schema cannot make: (path below the step, message) pairs.
+
+        ``handler_exists`` is None when handlers are not to be checked.
+        """
+        return []
+
 
 _types: dict[str, StepType] = {}
 
