@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
 from rest_framework.request import Request
+from redis.exceptions import RedisError
 from rest_framework.throttling import SimpleRateThrottle
 
 from .models import ApiKey
+
+logger = logging.getLogger("stevora.api")
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):
@@ -30,7 +34,13 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except (RedisError, OSError):
+            # The counters' Redis is down: serve the request (the limit protects us from
+            # floods; refusing every call while Redis restarts would be the outage itself).
+            logger.warning("rate-limit cache unavailable; letting the request through", exc_info=True)
+            return True
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         auth = getattr(request, "auth", None)

@@ -220,3 +220,17 @@ def test_malformed_ids_are_404_not_500() -> None:
         "status": '"sleeping" is not a valid choice.'}
 
 
+
+
+@pytest.mark.django_db
+def test_an_unreachable_rate_limit_cache_lets_requests_through() -> None:
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    dead = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                        "LOCATION": "redis://127.0.0.1:1/0"}}
+    client = client_for(make_user("svc"), rate="1/min")
+    with override_settings(CACHES=dead):
+        assert caches["default"].__class__.__name__ == "RedisCache"
+        assert client.get("/api/v1/runs/").status_code == 200
+        assert client.get("/api/v1/runs/").status_code == 200
