@@ -220,7 +220,11 @@ class OpenAIClient(Client):
                 body["response_format"] = {"type": "json_object"}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
-            headers["Authorization"] = f"Bearer {key}"
+            # Azure OpenAI deployments take the key in ``api-key`` (options.auth_header: api-key).
+            if provider.options.get("auth_header", "authorization").lower() == "api-key":
+                headers["api-key"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
         return HttpRequest(join_url(provider.url_root, provider.options.get("path", self.path)), headers, body)
 
     def parse(self, provider: Provider, body: Any) -> ChatResult:

@@ -114,3 +114,35 @@ def test_an_unknown_provider_fails_the_step_with_a_clear_error(engine: Any, work
     run = wait_for_run(start_run("fb-unknown", {}).run.pk)
     assert run.status == "failed"
     assert "no provider named 'nobody'" in error_of(run)["message"]
+
+
+def test_a_step_timeout_interrupts_a_hanging_call_and_leaves_it_on_the_record(engine: Any, workflow: Any,
+                                                                             llm_server: Any) -> None:
+    make_provider(llm_server, "slow", timeout_seconds=30)
+    llm_server.script("slow", {"hang": 20})
+    workflow(llm_workflow("fb-step-timeout", provider="slow", timeout_seconds=0.5))
+    run = wait_for_run(start_run("fb-step-timeout", {}).run.pk)
+
+    assert run.status == "failed"
+    assert error_of(run)["type"] == "StepTimeout"
+    (call,) = calls_of(run)
+    assert call.status == LLMCallStatus.FAILED and call.error.startswith("interrupted: StepTimeout")
+
+
+def test_azure_style_deployments_take_a_path_and_an_api_key_header(db: Any, llm_server: Any,
+                                                                   monkeypatch: Any) -> None:
+    from providers.chain import Scope, complete
+    from providers.registry import Route
+    from providers.wire import ChatRequest
+
+    monkeypatch.setenv("STEVORA_TEST_AZURE_KEY", "azure-key-123")
+    azure = make_provider(llm_server, "azure", kind="openai_compatible", api_key_env="STEVORA_TEST_AZURE_KEY",
+                          options={"path": "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
+                                   "auth_header": "api-key"})
+    llm_server.script("azure", {"text": "hello from azure"})
+    answer = complete(Route([azure]), ChatRequest(messages=[{"role": "user", "content": "hi"}]), Scope(), 1)
+
+    assert answer.result.text == "hello from azure"
+    (request,) = llm_server.requests("azure")
+    assert request["path"] == "/azure/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+    assert request["headers"]["api-key"] == "azure-key-123" and "Authorization" not in request["headers"]
