@@ -299,6 +299,34 @@ def test_a_changed_document_becomes_the_next_version_and_runs_keep_theirs(db: An
     assert load_workflow(doc(task("a"))).workflow.pk == v1.pk
 
 
+def test_concurrent_loads_store_each_content_once(transactional_db: Any) -> None:
+    import threading
+
+    from django.db import connection
+
+    documents = [doc(task("a")), doc(task("b"))] * 3
+    barrier = threading.Barrier(len(documents))
+    results: list[Any] = []
+
+    def load(document: dict[str, Any]) -> None:
+        try:
+            barrier.wait()
+            results.append(load_workflow(document).workflow)
+        except Exception as exc:  # surfaced by the assertion below
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=load, args=(d,)) for d in documents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sorted(Workflow.objects.values_list("version", flat=True)) == [1, 2]
+    assert len({r.pk for r in results}) == 2
+
+
 # --- the sandbox ----------------------------------------------------------------------------
 
 INJECTIONS = [
