@@ -20,7 +20,7 @@ from runs.services import load_workflow, start_run
 from tests.api_support import approval_first, three_steps
 from tests.conftest import wait_for_run
 from tests.support.workers import wait_until
-from webhooks.delivery import deliver, enqueue
+from webhooks.delivery import deliver
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookSubscription
 from webhooks.signing import signature, verify
 
@@ -63,6 +63,34 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+LATER = timedelta(days=1)
+
+
+def scheduled_later(url: str, event: str = "run.completed", data: Any = None, sub: Any = None,
+                    max_attempts: int = 8) -> WebhookDelivery:
+    """A delivery due tomorrow: the session engine's workers and sweep leave it alone; the test
+    sends it with ``deliver(id, due_by=far())``."""
+    delivery = WebhookDelivery(workspace=Workspace.default(), subscription=sub, url=url, event=event,
+                               max_attempts=max_attempts, next_attempt_at=timezone.now() + LATER, payload={})
+    delivery.payload = {"id": str(delivery.id), "type": event, "created_at": timezone.now().isoformat(),
+                        "data": data or {}}
+    delivery.save(force_insert=True)
+    return delivery
+
+
+def far() -> Any:
+    return timezone.now() + 2 * LATER
+
+
+def postpone(delivery: WebhookDelivery) -> None:
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() + LATER)
+
+
+def due_in(delivery: WebhookDelivery) -> timedelta:
+    assert delivery.next_attempt_at is not None
+    return delivery.next_attempt_at - timezone.now()
+
+
 def allow_private(**extra: Any) -> Any:
     return override_settings(STEVORA={**settings.STEVORA, "HTTP_ALLOW_PRIVATE": True, **extra})
 
@@ -77,8 +105,8 @@ def check_signature(request: dict[str, Any], secret: str = SECRET) -> dict[str, 
     return body
 
 
-def test_a_run_status_change_queues_a_signed_delivery_for_each_subscriber(transactional_db: Any,
-                                                                           receiver: Receiver) -> None:
+def test_a_run_status_change_queues_a_delivery_for_each_subscriber(transactional_db: Any,
+                                                                     receiver: Receiver) -> None:
     ws = Workspace.default()
     sub = WebhookSubscription.objects.create(workspace=ws, url=receiver.url + "/hook", secret=SECRET,
                                              events=[EventType.RUN_WAITING])
@@ -86,38 +114,46 @@ def test_a_run_status_change_queues_a_signed_delivery_for_each_subscriber(transa
     load_workflow(approval_first())
     run = start_run("api-approval", {"topic": "x"}).run  # parks on its approval at once: run.waiting
     delivery = WebhookDelivery.objects.get(subscription=sub)
-    assert delivery.status == DeliveryStatus.PENDING and delivery.event == "run.waiting"
+    assert delivery.event == "run.waiting" and delivery.url == receiver.url + "/hook"
+    assert delivery.payload["type"] == "run.waiting" and delivery.payload["id"] == str(delivery.pk)
+    assert delivery.payload["data"]["run"]["id"] == str(run.pk)
+    assert delivery.payload["data"]["run"]["status"] == "waiting"
     assert WebhookDelivery.objects.filter(event="run.failed").count() == 0
+
+
+def test_a_delivery_is_signed_and_sent_once(transactional_db: Any, receiver: Receiver) -> None:
+    sub = WebhookSubscription.objects.create(workspace=Workspace.default(), url=receiver.url + "/hook",
+                                             secret=SECRET, events=[EventType.RUN_WAITING])
+    delivery = scheduled_later(sub.url, "run.waiting", {"run": {"id": "r1"}}, sub=sub)
     with allow_private():
-        assert deliver(delivery.pk) == DeliveryStatus.SUCCEEDED
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.SUCCEEDED
     delivery.refresh_from_db()
     assert delivery.attempts == 1 and delivery.response_code == 200 and delivery.delivered_at
     body = check_signature(receiver.requests[0])
-    assert body["type"] == "run.waiting" and body["data"]["run"]["id"] == str(run.pk)
-    assert body["data"]["run"]["status"] == "waiting"
-    assert deliver(delivery.pk) is None  # delivered: nothing more to send
+    assert body["type"] == "run.waiting" and body["data"] == {"run": {"id": "r1"}}
+    assert deliver(delivery.pk, due_by=far()) is None  # delivered: nothing more to send
 
 
 def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(transactional_db: Any,
                                                                     receiver: Receiver) -> None:
     receiver.script = [500, 503]
-    ws = Workspace.default()
-    sub = WebhookSubscription.objects.create(workspace=ws, url=receiver.url, secret=SECRET,
+    sub = WebhookSubscription.objects.create(workspace=Workspace.default(), url=receiver.url, secret=SECRET,
                                              events=[EventType.RUN_COMPLETED])
-    delivery = enqueue(workspace_id=ws.pk, url=sub.url, event="run.completed", data={"n": 1}, subscription_id=sub.pk)
-    with allow_private(WEBHOOK_BACKOFF_SECONDS=100.0):
-        assert deliver(delivery.pk) == DeliveryStatus.PENDING
+    delivery = scheduled_later(sub.url, data={"n": 1}, sub=sub)
+    with allow_private(WEBHOOK_BACKOFF_SECONDS=100.0):  # > 60 s: no countdown message, only the row
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.PENDING
         delivery.refresh_from_db()
         assert delivery.response_code == 500 and "HTTP 500" in delivery.error and delivery.attempts == 1
-        assert delivery.next_attempt_at and delivery.next_attempt_at > timezone.now() + timedelta(seconds=60)
+        first_wait = due_in(delivery)
+        assert timedelta(seconds=70) < first_wait < timedelta(seconds=121)
         assert deliver(delivery.pk) is None  # not due yet
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-        assert deliver(delivery.pk) == DeliveryStatus.PENDING
+        postpone(delivery)
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.PENDING
         delivery.refresh_from_db()
         # The second wait is about twice the first (exponential, with jitter of ±20%).
-        assert delivery.next_attempt_at > timezone.now() + timedelta(seconds=150)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-        assert deliver(delivery.pk) == DeliveryStatus.SUCCEEDED
+        assert due_in(delivery) > timedelta(seconds=150)
+        postpone(delivery)
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.SUCCEEDED
     delivery.refresh_from_db()
     assert delivery.attempts == 3 and delivery.error == "" and delivery.response_code == 200
     ids = {r["headers"]["X-Stevora-Delivery"] for r in receiver.requests}
@@ -126,23 +162,20 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(transaction
 
 def test_the_last_failed_attempt_marks_the_delivery_failed(transactional_db: Any, receiver: Receiver) -> None:
     receiver.script = [500, 500]
-    ws = Workspace.default()
-    delivery = enqueue(workspace_id=ws.pk, url=receiver.url, event="run.failed", data={})
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(max_attempts=2)
-    with allow_private(WEBHOOK_BACKOFF_SECONDS=0.01):
-        deliver(delivery.pk)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
-        assert deliver(delivery.pk) == DeliveryStatus.FAILED
+    delivery = scheduled_later(receiver.url, "run.failed", max_attempts=2)
+    with allow_private(WEBHOOK_BACKOFF_SECONDS=100.0):
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.PENDING
+        postpone(delivery)
+        assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.FAILED
     assert WebhookDelivery.objects.get(pk=delivery.pk).attempts == 2
 
 
 def test_private_and_loopback_addresses_are_refused_unless_allowed(transactional_db: Any,
                                                                   receiver: Receiver) -> None:
-    ws = Workspace.default()
     with override_settings(STEVORA={**settings.STEVORA, "HTTP_ALLOW_PRIVATE": False}):
         for url in [receiver.url, "http://10.1.2.3/hook", "ftp://example.com/x"]:
-            delivery = enqueue(workspace_id=ws.pk, url=url, event="run.completed", data={})
-            assert deliver(delivery.pk) == DeliveryStatus.FAILED
+            delivery = scheduled_later(url)
+            assert deliver(delivery.pk, due_by=far()) == DeliveryStatus.FAILED
             delivery.refresh_from_db()
             assert delivery.attempts == 1 and ("private or loopback" in delivery.error or "http(s)" in delivery.error)
     assert receiver.requests == []

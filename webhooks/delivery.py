@@ -99,10 +99,10 @@ def backoff_seconds(attempts: int) -> float:
     return delay * (0.8 + 0.4 * random.random())
 
 
-def _claim(delivery_id: Any) -> WebhookDelivery | None:
+def _claim(delivery_id: Any, due_by: Any = None) -> WebhookDelivery | None:
     now = timezone.now()
     lease = timedelta(seconds=settings.STEVORA["WEBHOOK_TIMEOUT_SECONDS"] + 30)
-    claimable = (Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+    claimable = (Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=due_by or now)
                  | Q(status=DeliveryStatus.SENDING, claimed_until__lt=now))
     updated = WebhookDelivery.objects.filter(claimable, pk=delivery_id).update(
         status=DeliveryStatus.SENDING, claimed_until=now + lease, attempts=F("attempts") + 1, last_attempt_at=now)
@@ -111,9 +111,13 @@ def _claim(delivery_id: Any) -> WebhookDelivery | None:
     return WebhookDelivery.objects.select_related("subscription").get(pk=delivery_id)
 
 
-def deliver(delivery_id: Any) -> str | None:
-    """Send one due delivery (one attempt) and record the outcome; returns the new status."""
-    delivery = _claim(delivery_id)
+def deliver(delivery_id: Any, *, due_by: Any = None) -> str | None:
+    """Send one due delivery (one attempt) and record the outcome; returns the new status.
+
+    ``due_by`` (default: now) lets a test send a delivery scheduled later, which no
+    sweep or worker will touch meanwhile.
+    """
+    delivery = _claim(delivery_id, due_by)
     if delivery is None:
         return None
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
