@@ -192,10 +192,12 @@ def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body
         if updated == 1 and (result.input_tokens or result.output_tokens or cost):
             usage = dict(input_tokens=F("input_tokens") + result.input_tokens,
                          output_tokens=F("output_tokens") + result.output_tokens, cost_usd=F("cost_usd") + cost)
-            if scope.step_id is not None:
-                StepExecution.objects.filter(pk=scope.step_id).update(**usage)
+            # The run row first: the engine locks the run before its steps, and so do we (no deadlock
+            # with a cancel that holds the run and updates this step).
             if scope.run_id is not None:
                 Run.objects.filter(pk=scope.run_id).update(**usage)
+            if scope.step_id is not None:
+                StepExecution.objects.filter(pk=scope.step_id).update(**usage)
     return cost, canonical
 
 
@@ -301,7 +303,7 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
             reasons.append({"provider": provider.name, "outcome": "skipped",
                             "reason": f"no key: {provider.api_key_env} is not set"})
             continue
-        if key:
+        if key and key not in scope.secrets:
             scope.secrets.append(key)
         admission, why, dirty = breaker.admit(provider)
         if admission is breaker.Admission.SKIP:
@@ -322,6 +324,8 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
             result = _call_provider(provider, model, req, scope, round_number, key,
                                     max_tries=1 if probe else provider.max_retries + 1, on_failure=note_failure)
         except ProviderError as err:
+            if probe and not err.counts_for_breaker:
+                breaker.succeeded(provider)  # it answered (our request was at fault): it is up again
             reasons.append({"provider": provider.name, "model": model, "outcome": "failed", "kind": err.kind,
                             "status": err.status, "reason": scrub(str(err), scope.secrets)})
             continue

@@ -26,7 +26,7 @@ from typing import Any
 
 import jsonschema
 from django.db import IntegrityError
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from runs.templating import render_value
@@ -296,7 +296,7 @@ class Agent:
             self._finish_tool(row, ToolCallStatus.FAILED, error=problem or "unknown tool")
             return self.tool_message(row)
         # At-least-once: a row still ``started`` (its worker died mid-tool) runs again, with the same key.
-        ToolCall.objects.filter(pk=row.pk).update(executions=row.executions + 1, step_attempt=self.scope.step_attempt)
+        ToolCall.objects.filter(pk=row.pk).update(executions=F("executions") + 1, step_attempt=self.scope.step_attempt)
         ctx = StepContext(
             run_id=self.ctx.run_id, step=self.ctx.step, key=self.ctx.key, attempt=self.ctx.attempt,
             idempotency_key=key, step_idempotency_key=self.ctx.step_idempotency_key, input=self.ctx.input,

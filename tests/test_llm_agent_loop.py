@@ -138,3 +138,28 @@ def test_a_worker_killed_mid_loop_resumes_without_repeating_finished_llm_calls_o
     assert list(ToolCall.objects.filter(step=step).values_list("call_id", "executions")) == [("c1", 1), ("c2", 1)]
     # Rounds 1-2 were paid for once: three answers (10 + 5 tokens each) were charged, not five.
     assert (step.input_tokens, step.output_tokens) == (30, 15)
+
+
+def test_a_tool_call_whose_worker_died_during_the_tool_runs_again_with_the_same_key(
+        fresh_engine: Any, workflow: Any, llm_server: Any, ledger: Any) -> None:
+    make_provider(llm_server, "agent", max_retries=0)
+    llm_server.script(
+        "agent",
+        {"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"query": "slow"}}]},
+        {"text": "done"},
+    )
+    workflow(llm_workflow("agent-kill-tool", provider="agent", tools=TOOLS))
+    worker = fresh_engine()
+    run = start_run("agent-kill-tool", {"ledger": str(ledger), "tool_sleep": 3}).run
+    wait_until(lambda: ToolCall.objects.filter(call_id="c1", executions=1).exists(), timeout=30,
+               message="the tool to start")
+    worker.kill()  # during the tool's 3 s sleep: it never wrote its ledger line
+
+    fresh_engine()
+    run = wait_for_run(run.pk, timeout=60)
+    assert run.status == "completed", run.error
+    # At least once: the unfinished tool ran again, under the same idempotency key; the
+    # model's first turn, answered before the crash, was not asked again.
+    assert read_ledger(ledger) == [f'lookup {{"query": "slow"}} {run.pk}:ask:tool:1:c1']
+    assert ToolCall.objects.get(call_id="c1").executions == 2
+    assert llm_server.count("agent") == 2
