@@ -306,6 +306,8 @@ def _start_parallel(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecuti
         activate(run, wf, steps[0], fx, parent=row, branch=branch)
         if run.is_terminal:
             return
+    # A branch that parked (an approval) judged the run while later branches had no rows yet.
+    refresh_run_status(run, fx)
 
 
 def _start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
@@ -326,6 +328,7 @@ def _start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
     for index, item in enumerate(items):
         activate(run, wf, spec.item, fx, parent=row, item_index=index, item=item,
                  status=StepStatus.READY if index < limit else StepStatus.PENDING)
+    refresh_run_status(run, fx)  # as for parallel: an item that parked judged too early
     return None
 
 
@@ -427,6 +430,9 @@ def _branch_done(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effects) -
         output = {branch: done[branch] for branch in parent.state["branches"]}
         apply_outcome(run, wf, wf.by_name[parent.name], parent, step_types.Complete(output), fx,
                       from_status=StepStatus.WAITING)
+    else:
+        # The other branches may all be parked (an approval, an event): then the run waits.
+        refresh_run_status(run, fx)
 
 
 def _map_item_done(run: Run, wf: WorkflowSpec, item: StepExecution, fx: Effects) -> None:
@@ -447,6 +453,7 @@ def _map_item_done(run: Run, wf: WorkflowSpec, item: StepExecution, fx: Effects)
             _promote_pending(run, wf, spec, child, fx)
         return
     if active or pending:
+        refresh_run_status(run, fx)  # the items left may all be parked (child runs waiting)
         return
     outputs = list(children.order_by("item_index").values_list("output", flat=True))
     apply_outcome(run, wf, wf.by_name[parent.name], parent, step_types.Complete(outputs), fx,

@@ -253,11 +253,20 @@ def test_a_retried_run_reopens_an_approval_its_failure_cancelled(engine: Any, wo
     retry_run(run.pk, actor="test")
     approval.refresh_from_db()
     assert approval.status == ApprovalStatus.PENDING
-    # (The run may still say "running" once the other branch is done: the engine refreshes the
-    # run's status when a step parks, not when a sibling branch finishes.)
-    wait_until(lambda: StepExecution.objects.filter(run_id=run.pk, key="flaky", status="completed").exists(),
-               timeout=30, message="the other branch to finish")
+    wait_parked(run.pk)  # the other branch is done; only the parked one is open
     decide(approval.pk, user=alice, approve=True)
     run = wait_for_run(run.pk)
     assert run.status == "completed", run.error
     assert run.output["person"]["approved"] is True
+
+
+def test_a_run_whose_only_open_branch_waits_on_a_person_is_waiting(engine: Any, workflow: Any, alice: User) -> None:
+    workflow({"name": "branch-and-ask", "steps": [{"name": "both", "type": "parallel", "branches": {
+        "person": [{"name": "review", "type": "approval", "content": "c"}],
+        "machine": [{"name": "work", "type": "task", "handler": "test.value", "config": {"value": 1}}],
+    }}]})
+    run = start_run("branch-and-ask", {}).run
+    wait_parked(run.pk)
+    assert StepExecution.objects.get(run_id=run.pk, key="work").status == "completed"
+    decide(pending_approval(run.pk).pk, user=alice, approve=True)
+    assert wait_for_run(run.pk).status == "completed"
