@@ -28,7 +28,8 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     if isinstance(detail, dict):
         for key, value in detail.items():
             name = str(key)
-            path = prefix if name == "non_field_errors" else (f"{prefix}.{name}" if prefix else name)
+            # Errors about the body as a whole (not a dict, cross-field checks) name "body".
+            path = (prefix or "body") if name == "non_field_errors" else (f"{prefix}.{name}" if prefix else name)
             out.extend(_flatten(value, path))
     elif isinstance(detail, list):
         if all(not isinstance(v, (dict, list)) for v in detail):
@@ -37,7 +38,7 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
             for index, value in enumerate(detail):
                 out.extend(_flatten(value, f"{prefix}[{index}]"))
     else:
-        out.append({"field": prefix, "message": str(detail)})
+        out.append({"field": prefix or "body", "message": str(detail)})
     return out
 
 

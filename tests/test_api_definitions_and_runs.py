@@ -109,6 +109,7 @@ def test_bad_starts_name_the_field_and_store_nothing(api: APIClient) -> None:
     assert "input.topic" in errors_by_field(wrong_type)
     not_object = api.post("/api/v1/runs/", {"workflow": "api-three", "input": [1]}, format="json")
     assert "input" in errors_by_field(not_object)
+    assert list(errors_by_field(api.post("/api/v1/runs/", [1], format="json"))) == ["body"]
     assert "version" in errors_by_field(api.post("/api/v1/runs/", {"workflow": "api-three", "version": 0},
                                                  format="json"))
     assert "max_tokens" in errors_by_field(api.post(
@@ -230,6 +231,9 @@ def test_cost_of_a_run_and_of_the_workspace(api: APIClient) -> None:
                                status="succeeded",
                                input_tokens=10, output_tokens=5, cost_usd=Decimal(cost))
     Run.objects.filter(pk=run.pk).update(input_tokens=30, output_tokens=15, cost_usd=Decimal("0.53"))
+    calls = api.get(f"/api/v1/runs/{run.pk}/steps/a/").json()["llm_calls"]
+    assert [(c["provider"], c["round"], c["cost_usd"]) for c in calls] == [
+        ("openai", 1, "0.010000"), ("openai", 2, "0.020000"), ("anthropic", 3, "0.500000")]
     cost = api.get(f"/api/v1/runs/{run.pk}/cost/").json()
     assert cost["cost_usd"] == "0.530000" and cost["input_tokens"] == 30
     assert {r["key"]: r["cost_usd"] for r in cost["by_provider"]} == {"anthropic": "0.500000",

@@ -45,6 +45,8 @@ def on_run_status_changed(sender: Any, run_id: Any, status: str, **kwargs: Any) 
     if event is None:
         return
     try:
+        if not WebhookSubscription.objects.filter(active=True).exists():
+            return  # the common case, one indexed query: nobody listens
         run = Run.objects.select_related("workflow").get(pk=run_id)
         subscribers = _subscribers(run.workspace_id, event)
         if not subscribers:
