@@ -113,3 +113,19 @@ def test_retry_with_feedback_blocks_once_its_retries_are_spent(engine: Any, work
     assert run.status == "failed"
     assert error_of(run)["type"] == "GuardrailBlocked"
     assert llm_server.count("model") == 2
+
+
+def test_anthropic_gets_the_schema_in_its_system_prompt_and_the_answer_is_validated_here(
+        engine: Any, workflow: Any, llm_server: Any) -> None:
+    make_provider(llm_server, "claude", kind="anthropic")
+    llm_server.script("claude", {"json": {"title": "Bees", "score": "high"}}, {"json": {"title": "Bees", "score": 1}})
+    workflow(llm_workflow("so-anthropic", provider="claude", system="Summarise.", output_schema=SUMMARY))
+    run = wait_for_run(start_run("so-anthropic", {}).run.pk)
+
+    assert output_of(run)["json"] == {"title": "Bees", "score": 1}
+    first, second = (r["body"] for r in llm_server.requests("claude"))
+    assert "response_format" not in first
+    assert first["system"].startswith("Summarise.\n\nAnswer with one JSON value only")
+    assert '"required": ["title", "score"]' in first["system"]
+    assert second["messages"][-1]["content"][0]["text"].startswith(
+        "Your answer was rejected: score: 'high' is not of type 'number'")
