@@ -45,3 +45,10 @@ class StevoraAutoSchema(AutoSchema):
             if code not in responses:
                 responses[code] = self._get_response_for_code(resp, code, direction=direction)
         return responses
+
+    def _get_response_headers_for_code(self, status_code: Any, direction: Any = "response") -> dict[str, Any]:
+        headers: dict[str, Any] = super()._get_response_headers_for_code(status_code, direction)
+        if str(status_code) == "429":
+            headers["Retry-After"] = {"schema": {"type": "integer"},
+                                      "description": "Seconds to wait before the next request."}
+        return headers
