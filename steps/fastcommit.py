@@ -44,7 +44,7 @@ from django.db import connection
 from django.db.models import Field, Model
 
 from runs.definitions import END, StepSpec, WorkflowSpec
-from runs.models import Run, RunEvent, RunStatus
+from runs.models import Run, RunEvent, RunStatus, Workflow
 from runs.revisits import revisitable
 
 from . import types as step_types
@@ -152,6 +152,73 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     nxt.run = row.run
     return nxt
+
+
+def available() -> bool:
+    """True when the one-statement paths apply: PostgreSQL, outside any transaction."""
+    return connection.vendor == "postgresql" and connection.get_autocommit() and not connection.in_atomic_block
+
+
+def _columns(alias: str, model: type[Model], fields: list[Field[Any, Any]]) -> str:
+    qn = connection.ops.quote_name
+    return ", ".join(f"{alias}.{qn(f.column)}" for f in fields)
+
+
+# Workflow.definition is left deferred: the parsed spec is cached per version (spec_for).
+_WORKFLOW_FIELDS = ("id", "workspace", "name", "version", "content_hash", "created_at")
+
+
+def _claim_fields() -> tuple[list[Field[Any, Any]], list[Field[Any, Any]], list[Field[Any, Any]]]:
+    workflow = [Workflow._meta.get_field(name) for name in _WORKFLOW_FIELDS]
+    return (list(StepExecution._meta.concrete_fields), list(Run._meta.concrete_fields),
+            workflow)  # type: ignore[return-value]
+
+
+@functools.cache
+def _claim_statement() -> str:
+    """DESIGN §4 step 2 (the same conditional UPDATE as ``executor.claim``) returning the
+    claimed row with its run and workflow: one round trip instead of UPDATE + SELECT."""
+    qn = connection.ops.quote_name
+    steps, runs, workflows = _claim_fields()
+    return (
+        f"WITH c AS (UPDATE {qn(StepExecution._meta.db_table)} SET "
+        f"{qn('recovery_count')} = CASE WHEN {qn('status')} = $2 THEN {qn('recovery_count')} + 1 "
+        f"ELSE {qn('recovery_count')} END, {qn('status')} = $2, {qn('lease_owner')} = $3, "
+        f"{qn('lease_until')} = $4, {qn('attempt')} = {qn('attempt')} + 1, {qn('started_at')} = $5 "
+        f"WHERE {qn('id')} = $1 AND (({qn('status')} = $6 AND ({qn('not_before')} IS NULL "
+        f"OR {qn('not_before')} <= $5)) OR ({qn('status')} = $2 AND {qn('lease_until')} < $5)) RETURNING *) "
+        f"SELECT {_columns('c', StepExecution, steps)}, {_columns('r', Run, runs)}, "
+        f"{_columns('w', Workflow, workflows)} FROM c "
+        f"JOIN {qn(Run._meta.db_table)} r ON r.{qn('id')} = c.{qn('run_id')} "
+        f"JOIN {qn(Workflow._meta.db_table)} w ON w.{qn('id')} = r.{qn('workflow_id')}"
+    )
+
+
+def _hydrate(model: type[Model], fields: list[Field[Any, Any]], values: Any) -> Any:
+    converted = []
+    for f, value in zip(fields, values, strict=True):
+        from_db = getattr(f, "from_db_value", None)
+        converted.append(from_db(value, None, connection) if from_db is not None and value is not None else value)
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
+def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepExecution | None:
+    """Claim ``step_id`` for ``owner`` (None: a duplicate or stale doorbell), in one statement."""
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    params = [step_id, StepStatus.RUNNING, owner, t + timedelta(seconds=lease_seconds), t, StepStatus.READY]
+    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
+        cursor.execute(_claim_statement(), params, prepare=True)
+        got = cursor.fetchone()
+    if got is None:
+        return None
+    steps, runs, workflows = _claim_fields()
+    row: StepExecution = _hydrate(StepExecution, steps, got[:len(steps)])
+    run: Run = _hydrate(Run, runs, got[len(steps):len(steps) + len(runs)])
+    run.workflow = _hydrate(Workflow, workflows, got[len(steps) + len(runs):])
+    row.run = run
+    return row
 
 
 NOT_APPLIED = _NOT_APPLICABLE
