@@ -7,6 +7,7 @@ half-writing anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -181,7 +182,9 @@ def _start(workflow: Workflow, run_input: Any, fx: engine.Effects, *, idempotenc
             return existing, False
     t = timezone.now()
     try:
-        with transaction.atomic():
+        # The savepoint only serves the idempotency race below; without a key an
+        # IntegrityError is re-raised and rolls back the caller's transaction anyway.
+        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
             run = Run.objects.create(
                 workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=idempotency_key or None,
