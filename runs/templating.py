@@ -70,6 +70,11 @@ for _gadget in ("lipsum", "cycler", "joiner"):
     _env.globals.pop(_gadget, None)
 
 
+# Filters whose string arguments name attributes (dotted paths allowed).
+_ATTRIBUTE_FILTERS = frozenset({"attr", "map", "sort", "groupby", "selectattr", "rejectattr", "sum", "unique",
+                                "min", "max"})
+
+
 def _check_ast(tree: nodes.Node) -> None:
     for node in tree.find_all((nodes.Getattr, nodes.Name, nodes.Getitem, nodes.Filter)):
         name: Any = None
@@ -81,10 +86,13 @@ def _check_ast(tree: nodes.Node) -> None:
             name = node.name
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
             name = node.arg.value
-        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args \
-                and isinstance(node.args[0], nodes.Const):
-            # ``x|attr('__class__')``; a computed name is refused by the sandbox at render time.
-            name = node.args[0].value
+        elif isinstance(node, nodes.Filter) and node.name in _ATTRIBUTE_FILTERS:
+            # ``x|attr('__class__')``, ``xs|map(attribute='__class__')``; a computed name is
+            # refused by the sandbox at render time.
+            consts = [a.value for a in node.args if isinstance(a, nodes.Const)]
+            consts += [kw.value.value for kw in node.kwargs if isinstance(kw.value, nodes.Const)]
+            name = next((part for c in consts if isinstance(c, str) for part in c.split(".")
+                         if part.startswith("_")), None)
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateProblem(f"access to {name!r} is not allowed (names starting with '_' are private)")
 

@@ -347,6 +347,10 @@ INJECTIONS = [
     "{{ input['__class__'] }}",
     "{{ steps.__init__ }}",
     "{% set x = input.__class__ %}{{ x }}",
+    "{{ input.xs|map(attribute='__class__')|list }}",
+    "{{ input.xs|sort(attribute='a.__class__') }}",
+    "{{ input.xs|selectattr('__class__')|list }}",
+    "{{ input.xs|groupby('__dict__') }}",
 ]
 
 
