@@ -236,7 +236,7 @@ def _wait_gen(*, base: float, cap: float) -> Generator[float, Any, None]:
 
 
 def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scope, round_number: int,
-                   key: str | None, max_tries: int, on_failure: Callable[[ProviderError], None]) -> ChatResult:
+                   key: str | None, max_tries: int, on_failure: Callable[[ProviderError], bool]) -> ChatResult:
     tries = 0
 
     def attempt() -> ChatResult:
@@ -262,7 +262,8 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
                 result = client_for(provider.kind).parse(provider, body)
         except ProviderError as err:
             _fail_record(call, err, scope, started)
-            on_failure(err)
+            if on_failure(err):
+                err.stop_retrying = True
             raise
         except BaseException as exc:  # a step timeout or a bug: leave evidence, then let it through
             _fail_record(call, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
@@ -273,7 +274,7 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
 
     def give_up(exc: Exception) -> bool:
         err = exc if isinstance(exc, ProviderError) else None
-        if err is None or err.permanent:
+        if err is None or err.permanent or err.stop_retrying:
             return True
         return err.retry_after is not None and err.retry_after > provider.max_retry_after_seconds
 
@@ -312,13 +313,17 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
         probe = admission is breaker.Admission.PROBE
         tracked = dirty
 
-        def note_failure(err: ProviderError, provider: Provider = provider, probe: bool = probe) -> None:
+        def note_failure(err: ProviderError, provider: Provider = provider, probe: bool = probe) -> bool:
+            """Count the failure; True when it opened the circuit (then stop retrying this provider)."""
             nonlocal tracked
-            if err.counts_for_breaker:
-                tracked = True
-                reason = scrub(str(err), scope.secrets)
-                if breaker.failed(provider, reason, probe=probe):
-                    logger.warning("provider %s: circuit opened after %s", provider.name, reason)
+            if not err.counts_for_breaker:
+                return False
+            tracked = True
+            reason = scrub(str(err), scope.secrets)
+            if breaker.failed(provider, reason, probe=probe):
+                logger.warning("provider %s: circuit opened after %s", provider.name, reason)
+                return True
+            return False
 
         try:
             result = _call_provider(provider, model, req, scope, round_number, key,

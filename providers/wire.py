@@ -39,6 +39,8 @@ class ProviderError(Exception):
         self.retry_after = retry_after
         self.body = body
         self.counts_for_breaker = counts_for_breaker
+        # Set when this failure opened the provider's circuit: no more retries on it.
+        self.stop_retrying = False
 
     @property
     def kind(self) -> str:

@@ -119,3 +119,14 @@ def test_request_errors_do_not_trip_the_breaker(transactional_db: Any, llm_serve
     assert classify_status(401, {}, {}).counts_for_breaker is True
     assert classify_status(503, {}, {}).permanent is False
     assert classify_status(529, {"retry-after": "2"}, {}).retry_after == 2.0
+
+
+def test_a_caller_stops_retrying_a_provider_once_its_failures_opened_the_circuit(engine: Any, workflow: Any,
+                                                                                 llm_server: Any) -> None:
+    make_provider(llm_server, "primary", max_retries=5, breaker_threshold=2)
+    make_provider(llm_server, "secondary")
+    llm_server.script("primary", default={"status": 500})
+    workflow(llm_workflow("cb-stop", provider="primary", fallback=["secondary"]))
+    run = wait_for_run(start_run("cb-stop", {}).run.pk)
+    assert output_of(run)["provider"] == "secondary"
+    assert llm_server.count("primary") == 2  # not 1 + max_retries
