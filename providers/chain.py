@@ -67,6 +67,8 @@ class Scope:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    # Digest of the request of the round being asked (stored on its calls, checked on replay).
+    request_digest: str = ""
 
 
 @dataclass
@@ -150,7 +152,7 @@ def _start_record(scope: Scope, provider: Provider, model: str, round_number: in
         return LLMCall.objects.create(
             step_id=scope.step_id, run_id=scope.run_id, step_attempt=scope.step_attempt, round=round_number,
             try_number=try_number, provider=provider, provider_name=provider.name, kind=provider.kind, model=model,
-            request=scrub(request, scope.secrets),
+            request=scrub(request, scope.secrets), request_digest=scope.request_digest,
         )
 
 

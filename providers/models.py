@@ -184,6 +184,8 @@ class LLMCall(models.Model):
     response = models.JSONField(null=True, blank=True)
     # The normalised answer (text, tool calls, usage): what a re-executed step replays.
     result = models.JSONField(null=True, blank=True)
+    # SHA-256 of the conversation asked (messages, system, tools, format): a replay must match it.
+    request_digest = models.CharField(max_length=64, blank=True, default="")
     http_status = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     error_kind = models.CharField(max_length=16, blank=True, default="", help_text="transient or permanent")

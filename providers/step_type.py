@@ -53,6 +53,10 @@ class ToolRoundsExceeded(PermanentError):
     pass
 
 
+class ReplayDiverged(PermanentError):
+    """A re-executed step reached a round whose recorded answer was given to another conversation."""
+
+
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -239,13 +243,6 @@ class Agent:
     # --- one model turn -----------------------------------------------------------------
 
     def turn(self, round_number: int, conversation: list[dict[str, Any]]) -> Answer:
-        recorded = None if self.first_attempt else (
-            LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
-            .values("result", "provider_name", "model").first())
-        if recorded is not None and recorded["result"] is not None:
-            result = ChatResult.from_json(recorded["result"])
-            return Answer(result, recorded["provider_name"], result.model or recorded["model"],
-                          [{"provider": recorded["provider_name"], "outcome": "replayed"}], replayed=True)
         request = ChatRequest(
             messages=[dict(m) for m in conversation], system=self.cfg.get("system"),
             tools=[{"name": t.name, "description": t.description, "parameters": t.parameters}
@@ -253,6 +250,22 @@ class Agent:
             temperature=self.cfg.get("temperature"), max_tokens=self.cfg.get("max_tokens"),
             json=self.json, schema=self.schema,
         )
+        digest = request.digest()
+        recorded = None if self.first_attempt else (
+            LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
+            .values("result", "provider_name", "model", "request_digest").first())
+        if recorded is not None and recorded["result"] is not None:
+            if recorded["request_digest"] and recorded["request_digest"] != digest:
+                # The conversation that led here differs from the recorded one (a guardrail judge
+                # that changed its mind, a tool that is not deterministic in its error): replaying
+                # an answer to another question would be a guess.
+                raise ReplayDiverged(
+                    f"round {round_number} was answered for a different conversation than this attempt's; "
+                    "the step cannot be resumed safely — start a new run")
+            result = ChatResult.from_json(recorded["result"])
+            return Answer(result, recorded["provider_name"], result.model or recorded["model"],
+                          [{"provider": recorded["provider_name"], "outcome": "replayed"}], replayed=True)
+        self.scope.request_digest = digest
         return complete(self.route, request, self.scope, round_number)
 
     @staticmethod

@@ -15,6 +15,7 @@ Neutral messages (what the agent loop keeps)::
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,14 @@ class ChatRequest:
     max_tokens: int | None = None
     json: bool = False
     schema: dict[str, Any] | None = None
+
+    def digest(self) -> str:
+        """What was asked, whoever answers it: replays check it against the recorded round."""
+        canonical = json.dumps(
+            {"messages": [{k: v for k, v in m.items() if k != "raw_arguments"} for m in self.messages],
+             "system": self.system, "tools": self.tools, "json": self.json, "schema": self.schema},
+            sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass

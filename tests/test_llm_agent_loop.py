@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from providers.models import LLMCall, LLMCallStatus, ToolCall
-from runs.services import start_run
+from runs.services import retry_run, start_run
 from tests.conftest import read_ledger, wait_for_run
 from tests.support.llm_server import (  # noqa: F401  (fixtures)
     calls_of,
@@ -162,4 +162,44 @@ def test_a_tool_call_whose_worker_died_during_the_tool_runs_again_with_the_same_
     # model's first turn, answered before the crash, was not asked again.
     assert read_ledger(ledger) == [f'lookup {{"query": "slow"}} {run.pk}:ask:tool:1:c1']
     assert ToolCall.objects.get(call_id="c1").executions == 2
+    assert llm_server.count("agent") == 2
+
+
+def test_a_retried_run_resumes_its_llm_step_after_the_last_answered_round(engine: Any, workflow: Any,
+                                                                          llm_server: Any, ledger: Any) -> None:
+    make_provider(llm_server, "agent", max_retries=0)
+    llm_server.script(
+        "agent",
+        {"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"query": "once"}}]},
+        {"status": 400, "message": "context too long"},
+        {"text": "answered on retry"},
+    )
+    workflow(llm_workflow("agent-retry", provider="agent", tools=TOOLS))
+    run = wait_for_run(start_run("agent-retry", {"ledger": str(ledger)}).run.pk)
+    assert run.status == "failed"
+
+    retry_run(run.pk, actor="test")
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    assert output_of(run)["text"] == "answered on retry"
+    assert llm_server.count("agent") == 3  # round 1 was replayed, not asked again
+    assert len(read_ledger(ledger)) == 1
+    assert output_of(run)["route"] == [{"provider": "agent", "model": "agent-model", "outcome": "answered"}]
+
+
+def test_a_replay_that_would_answer_a_different_conversation_fails_instead_of_guessing(
+        engine: Any, workflow: Any, llm_server: Any) -> None:
+    make_provider(llm_server, "agent", max_retries=0)
+    llm_server.script("agent", {"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"query": "x"}}]},
+                      {"status": 400})
+    workflow(llm_workflow("agent-diverge", provider="agent", tools=TOOLS))
+    run = wait_for_run(start_run("agent-diverge", {}).run.pk)
+    assert run.status == "failed"
+    # As if round 1 had been asked with another conversation than the one a retry rebuilds.
+    LLMCall.objects.filter(run=run, round=1, status="succeeded").update(request_digest="0" * 64)
+
+    retry_run(run.pk, actor="test")
+    run = wait_for_run(run.pk)
+    assert run.status == "failed"
+    assert error_of(run)["type"] == "ReplayDiverged"
     assert llm_server.count("agent") == 2
