@@ -289,7 +289,8 @@ class AnthropicClient(Client):
                 for tc in m.get("tool_calls") or []:
                     blocks.append({"type": "tool_use", "id": tc["id"], "name": tc["name"],
                                    "input": tc.get("arguments") or {}})
-                add("assistant", blocks)
+                # The Messages API refuses empty content; an empty answer sent back for a retry says so.
+                add("assistant", blocks or [{"type": "text", "text": "(empty answer)"}])
             else:
                 add("user", [{"type": "text", "text": m["content"]}])
         body: dict[str, Any] = {
