@@ -252,7 +252,8 @@ class OpenAIClient(Client):
                                "arguments": args, "raw_arguments": raw, "arguments_error": problem})
         usage = body.get("usage") or {}
         return ChatResult(
-            text=message.get("content") or "", tool_calls=tool_calls,
+            # A refusal (structured outputs) comes instead of content; it is the answer to judge.
+            text=message.get("content") or message.get("refusal") or "", tool_calls=tool_calls,
             input_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=int(usage.get("completion_tokens") or 0),
             stop_reason=choice.get("finish_reason") or "", model=body.get("model") or "",
         )
