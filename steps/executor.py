@@ -199,6 +199,12 @@ def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output:
         if claimed is not fastcommit.NOT_APPLIED:
             fault_point("after_commit")
             return claimed  # type: ignore[return-value]
+    elif fastcommit.finishes(row, spec, wf):
+        # The last step of a plain top-level run: step and run completed in one statement.
+        if fastcommit.commit_and_finish(row, output, rendered, owner, t, _attempt_data(row, owner, t)):
+            engine.Effects(status_changes=[(row.run_id, RunStatus.COMPLETED)]).publish()
+            fault_point("after_commit")
+            return None
     with transaction.atomic():
         run = engine.lock_run(row.run_id)
         updated = _fence(row, owner).update(

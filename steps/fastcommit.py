@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 from django.db import connection
 from django.db.models import Field, Model
+from django.utils import timezone
 
 from runs.definitions import END, StepSpec, WorkflowSpec
 from runs.models import Run, RunEvent, RunStatus, Workflow
@@ -152,6 +153,65 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     nxt.run = row.run
     return nxt
+
+
+def finishes(row: StepExecution, spec: StepSpec, wf: WorkflowSpec) -> bool:
+    """True when ``row`` is the last step of a top-level run whose output is its output
+    (no ``output`` template, no parent run to notify): the one-statement finish applies."""
+    if (connection.vendor != "postgresql" or row.type != "task" or row.parent_id is not None
+            or row.item_index is not None or row.run.status != RunStatus.RUNNING
+            or row.run.parent_step_id is not None or wf.has_output):
+        return False
+    if not connection.get_autocommit() or connection.in_atomic_block:
+        return False
+    return spec.next == END or (spec.next is None and wf.following(spec) is None)
+
+
+@functools.cache
+def _finish_statement() -> str:
+    """Complete the last step and the run (``engine.finish_run``'s UPDATE), with both history rows."""
+    qn = connection.ops.quote_name
+    step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
+    return (
+        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR UPDATE), "
+        f"done AS (UPDATE {step_table} SET {qn('status')} = $2, {qn('output')} = $3, {qn('input')} = $4, "
+        f"{qn('error')} = NULL, {qn('finished_at')} = $5, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
+        f"WHERE {qn('id')} = $6 AND {qn('status')} = $7 AND {qn('lease_owner')} = $8 AND {qn('attempt')} = $9 "
+        f"AND EXISTS (SELECT 1 FROM run WHERE {qn('status')} = $10) RETURNING {qn('id')}), "
+        f"fin AS (UPDATE {run_table} SET {qn('status')} = $2, {qn('output')} = $11, {qn('error')} = NULL, "
+        f"{qn('finished_at')} = $12 WHERE {qn('id')} = $1 AND EXISTS (SELECT 1 FROM done) RETURNING {qn('id')}), "
+        f"history AS ({_insert_sql(RunEvent, 2, 13)}) "
+        f"SELECT {qn('id')} FROM fin"
+    )
+
+
+def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str, t: datetime,
+                      completed_data: dict[str, Any]) -> bool:
+    """Complete ``row`` and its run in one statement; False (nothing written) if the fence
+    or the run status did not match. The caller sends ``run_status_changed`` after this."""
+    def field(model: type[Model], name: str) -> Field[Any, Any]:
+        return model._meta.get_field(name)  # type: ignore[return-value]
+
+    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field(StepExecution, "output").get_db_prep_save(
+                             output, connection),
+                         field(StepExecution, "input").get_db_prep_save(rendered, connection),
+                         field(StepExecution, "finished_at").get_db_prep_save(t, connection),
+                         row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING,
+                         field(Run, "output").get_db_prep_save(output, connection),
+                         field(Run, "finished_at").get_db_prep_save(timezone.now(), connection)]
+    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
+    _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params)
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
+        cursor.execute(_finish_statement(), params, prepare=True)
+        got = cursor.fetchone()
+    if got is None:
+        return False
+    row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
+    row.run.status, row.run.output, row.run.error = RunStatus.COMPLETED, output, None
+    return True
 
 
 def available() -> bool:
