@@ -98,9 +98,10 @@ def definition_files(paths: list[str]) -> list[Path]:
 
 def resolve_workflow(name: str, *, workspace: Workspace | int | None = None, version: int | None = None) -> Workflow:
     ws_id = workspace.pk if isinstance(workspace, Workspace) else workspace
-    if ws_id is None:
-        ws_id = Workspace.default().pk
-    qs = Workflow.objects.filter(workspace_id=ws_id, name=name)
+    # The default workspace by its slug, in the same query (no get_or_create on every
+    # start: where there is no default workspace there is no workflow in it either).
+    qs = (Workflow.objects.filter(workspace__slug="default") if ws_id is None
+          else Workflow.objects.filter(workspace_id=ws_id)).filter(name=name)
     workflow = qs.filter(version=version).first() if version else qs.order_by("-version").first()
     if workflow is None:
         which = f"{name} v{version}" if version else name
