@@ -11,6 +11,10 @@ os.environ.setdefault("STEVORA_LEASE_SECONDS", "2")
 os.environ.setdefault("STEVORA_RECONCILE_SECONDS", "0.3")
 os.environ.setdefault("STEVORA_REDISPATCH_SECONDS", "2")
 os.environ.setdefault("STEVORA_HANDLER_MODULES", "tests.handlers,tests.llm_handlers,examples.handlers")
+if _worker != "main" and "-main-" in os.environ.get("STEVORA_QUEUE", ""):
+    # An xdist worker inherits the controller's queue name; each worker has its own
+    # database and engine, so it needs its own queue too (engines it starts get this one).
+    del os.environ["STEVORA_QUEUE"]
 os.environ.setdefault("STEVORA_QUEUE", f"stevora-test-{_worker}-{os.getpid()}")
 os.environ.setdefault("STEVORA_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
 os.environ.setdefault("STEVORA_SQLITE_TEST_PATH", os.path.join(os.environ["STEVORA_VAR_DIR"], "test.sqlite3"))

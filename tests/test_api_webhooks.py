@@ -199,9 +199,13 @@ def test_the_engine_sends_run_completed_and_approval_notices_with_retries(fresh_
     load_workflow(three_steps())
     run = start_run("api-three", {"topic": "x"}).run
     assert wait_for_run(run.pk).status == "completed"
-    delivery = wait_until(lambda: WebhookDelivery.objects.filter(
-        event="run.completed", status=DeliveryStatus.SUCCEEDED).first(), timeout=30,
-        message="the run.completed delivery to succeed")
+    try:
+        delivery = wait_until(lambda: WebhookDelivery.objects.filter(
+            event="run.completed", status=DeliveryStatus.SUCCEEDED).first(), timeout=30,
+            message="the run.completed delivery to succeed")
+    except AssertionError:
+        rows = list(WebhookDelivery.objects.values_list("event", "status", "attempts", "error", "next_attempt_at"))
+        raise AssertionError(f"deliveries: {rows}; receiver got {len(receiver.requests)}") from None
     assert delivery.attempts == 2
     body = check_signature([r for r in receiver.requests if r["path"] == "/runs"][-1])
     assert body["data"]["run"]["status"] == "completed" and body["data"]["run"]["output"]["value"] == "c:x"
