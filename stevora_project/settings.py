@@ -7,6 +7,7 @@ in-process Celery worker (``python manage.py runengine``). Production sets
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -196,7 +197,7 @@ STEVORA: dict[str, Any] = {
     "FAULT_POINT": env_str("STEVORA_FAULT_POINT") or "",
     # Where approval requests are announced (signed webhook) besides a step's own ``webhook``.
     "APPROVAL_WEBHOOK_URL": env_str("STEVORA_APPROVAL_WEBHOOK_URL") or "",
-    # Per-API-key rate limit in DRF notation; a key's own ``rate`` wins. Empty: unlimited.
+    # Per-API-key rate limit in DRF notation; a key's own ``rate`` wins. "off": unlimited.
     "API_RATE": env_str("STEVORA_API_RATE") or "600/min",
     # Signs outgoing webhooks that have no secret of their own (the global approval URL).
     "WEBHOOK_SECRET": env_str("STEVORA_WEBHOOK_SECRET") or "",
@@ -207,6 +208,12 @@ STEVORA: dict[str, Any] = {
     # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
     "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),
 }
+
+if STEVORA["API_RATE"] == "off":
+    STEVORA["API_RATE"] = ""
+elif not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", STEVORA["API_RATE"]):
+    raise ImproperlyConfigured(
+        f"STEVORA_API_RATE must be a rate like 600/min, 10/s or 5000/hour (or off), got {STEVORA['API_RATE']!r}")
 
 # --- REST framework -----------------------------------------------------------
 

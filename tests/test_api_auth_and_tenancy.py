@@ -236,3 +236,20 @@ def test_an_unreachable_rate_limit_cache_lets_requests_through() -> None:
         assert caches["default"].__class__.__name__ == "RedisCache"
         assert client.get("/api/v1/runs/").status_code == 200
         assert client.get("/api/v1/runs/").status_code == 200
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("STEVORA_API_RATE", "lots", "STEVORA_API_RATE must be a rate like 600/min"),
+    ("CACHE_URL", "memcached://h", "CACHE_URL must be a redis:// URL"),
+    ("STEVORA_WEBHOOK_MAX_ATTEMPTS", "0", "STEVORA_WEBHOOK_MAX_ATTEMPTS must be at least 1"),
+])
+def test_a_bad_api_setting_stops_start_up_naming_the_variable(variable: str, value: str, expected: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.workers import ROOT, subprocess_env
+
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={**subprocess_env(), "DJANGO_SETTINGS_MODULE": "stevora_project.settings",
+                                 variable: value}, timeout=60)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr[-500:]
