@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from rest_framework.request import Request
 from redis.exceptions import RedisError
+from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from .models import ApiKey
