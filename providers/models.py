@@ -20,6 +20,10 @@ ENV_NAME_VALIDATOR = RegexValidator(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$",
                                     "the NAME of an environment variable (not the key itself)")
 
 
+SECRET_OPTION_NAMES = frozenset({"api_key", "apikey", "key", "token", "secret", "password", "authorization",
+                                 "x-api-key", "api-key"})
+
+
 class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI Chat Completions"
     ANTHROPIC = "anthropic", "Anthropic Messages"
@@ -82,6 +86,10 @@ class Provider(models.Model):
             raise ValidationError({"base_url": "must start with http:// or https://"})
         if not isinstance(self.options, dict):
             raise ValidationError({"options": "must be a JSON object"})
+        secretish = sorted(k for k in self.options if k.lower() in SECRET_OPTION_NAMES)
+        if secretish:
+            raise ValidationError({"options": f"{', '.join(secretish)}: keys are never stored; put the key in an "
+                                              "environment variable and name it in api_key_env"})
 
     @property
     def url_root(self) -> str:

@@ -64,6 +64,8 @@ def test_a_yaml_file_creates_providers_and_chains_and_reloading_updates_them(db:
     ("providers:\n  - name: ok\n    kind: openai\n    model: m\nchains:\n  main: [ok, ghost]\n",
      "chains[0].providers: no provider named ghost"),
     ("providers: [\n", "not valid YAML"),
+    ("providers:\n  - name: x\n    kind: openai\n    model: m\n    options: {api_key: sk-123}\n",
+     "providers[0].options: api_key: keys are never stored"),
 ])
 def test_bad_configuration_is_refused_naming_the_field_and_nothing_is_written(db: Any, tmp_path: Path, text: str,
                                                                               message: str) -> None:
