@@ -14,6 +14,12 @@ from tests.conftest import wait_for_run
 from tests.support.workers import wait_until
 
 EMBEDDED = settings.IS_EMBEDDED_BROKER
+# Generous: CI runs two test workers on two cores, and the 1,000-run test keeps one busy.
+PATIENCE = 120.0
+
+
+def finished(run_id: Any, timeout: float = PATIENCE) -> Run:
+    return wait_for_run(run_id, timeout=timeout)
 
 
 def review_workflow(name: str = "review-flow", **approval: Any) -> dict[str, Any]:
@@ -35,11 +41,11 @@ def review_workflow(name: str = "review-flow", **approval: Any) -> dict[str, Any
     ]}
 
 
-def wait_parked(run_id: Any, timeout: float = 30.0) -> Run:
+def wait_parked(run_id: Any, timeout: float = PATIENCE) -> Run:
     return wait_for_run(run_id, statuses=(RunStatus.WAITING,), timeout=timeout)
 
 
-def pending_approval(run_id: Any, step_key: str = "review", timeout: float = 30.0) -> Approval:
+def pending_approval(run_id: Any, step_key: str = "review", timeout: float = PATIENCE) -> Approval:
     approval: Approval = wait_until(
         lambda: Approval.objects.filter(run_id=run_id, step_key=step_key, status="pending").first(),
         timeout=timeout, message=f"a pending approval for {step_key} of run {run_id}")

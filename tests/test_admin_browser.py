@@ -16,8 +16,7 @@ from django.contrib.auth.models import User
 
 from approvals.models import ApprovalStatus
 from runs.services import start_run
-from tests.approval_support import pending_approval, review_workflow
-from tests.conftest import wait_for_run
+from tests.approval_support import finished, pending_approval, review_workflow
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -71,7 +70,7 @@ def test_a_reviewer_approves_in_the_browser_and_sees_the_run_finish(
     page.wait_for_url(f"**{inbox}")
     assert "Approved approval" in page.inner_text("ul.messagelist")
 
-    wait_for_run(run.pk)
+    finished(run.pk)
     page.goto(f"{live_server.url}/admin/runs/run/{run.pk}/change/")
     assert page.inner_text("#run-status") == "completed"
     assert page.locator("#timeline tr[data-step='publish']").count() == 1

@@ -12,8 +12,7 @@ from django.urls import reverse
 from approvals.models import Approval, ApprovalStatus
 from runs.models import Run, RunEvent
 from runs.services import start_run
-from tests.approval_support import pending_approval, review_workflow
-from tests.conftest import wait_for_run
+from tests.approval_support import finished, pending_approval, review_workflow
 
 
 def client_for(user: User) -> Client:
@@ -56,7 +55,7 @@ def test_a_reviewer_sees_buttons_and_approves_with_a_comment_and_edit(
     response = client.post(reverse("admin:approvals_approval_decide", args=[approval.pk]),
                            {"decision": "approve", "comment": "fine by me", "content": '{"text": "pier (edited)"}'})
     assert response.status_code == 302
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed" and run.output["published"] == {"text": "pier (edited)"}
     approval.refresh_from_db()
     assert approval.status == ApprovalStatus.APPROVED and approval.comment == "fine by me"
@@ -90,7 +89,7 @@ def test_the_run_page_draws_a_timeline_with_attempts_errors_and_history(
         {"name": "nap", "type": "wait", "seconds": 0.2},
         {"name": "boom", "type": "task", "handler": "test.permanent", "config": {"message": "cannot work"}},
     ]})
-    run = wait_for_run(start_run("bumpy", {}).run.pk)
+    run = finished(start_run("bumpy", {}).run.pk)
     assert run.status == "failed"
     page = client_for(alice).get(reverse("admin:runs_run_change", args=[run.pk]))
     assert page.status_code == 200
@@ -142,7 +141,7 @@ def test_a_steps_llm_calls_appear_with_tokens_and_cost(engine: Any, workflow: An
 
     workflow({"name": "one-step", "steps": [{"name": "only", "type": "task", "handler": "test.value",
                                              "config": {"value": 1}}]})
-    run = wait_for_run(start_run("one-step", {}).run.pk)
+    run = finished(start_run("one-step", {}).run.pk)
     step = StepExecution.objects.get(run_id=run.pk, key="only")
     model.objects.create(step=step, run=run, provider_name="fake-provider", kind="chat", model="tiny-model",
                          status="succeeded", input_tokens=1234, output_tokens=56, cost_usd="0.004200",

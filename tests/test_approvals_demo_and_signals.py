@@ -14,8 +14,7 @@ from approvals.services import decide
 from approvals.signals import approval_requested
 from runs.services import load_workflow_text, start_run
 from steps.models import StepExecution
-from tests.approval_support import pending_approval
-from tests.conftest import wait_for_run
+from tests.approval_support import finished, pending_approval
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "approval-demo.yaml"
 
@@ -31,7 +30,7 @@ def test_the_demo_says_how_to_approve_and_finishes_after_a_rejection_and_an_appr
     second = pending_approval(run.pk, "review-again")
     assert second.content["body"].endswith("Revised after: needs more otters")
     decide(second.pk, user=alice, approve=True, comment="better")
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output["published"] is True and run.output["decided_by"] == "alice"
     assert run.output["post"]["title"] == "Five facts about otters (revised)"

@@ -17,8 +17,7 @@ from approvals.services import DecisionError, decide, pending_for
 from runs.models import RunEvent
 from runs.services import start_run
 from steps.models import StepExecution
-from tests.approval_support import busy_steps, pending_approval, queued_messages, review_workflow, wait_parked
-from tests.conftest import wait_for_run
+from tests.approval_support import busy_steps, finished, pending_approval, queued_messages, review_workflow, wait_parked
 from tests.support.workers import wait_until
 
 
@@ -32,13 +31,13 @@ def test_a_run_waits_on_an_approval_holding_nothing_and_finishes_once_approved(
     assert approval.instructions == "Check the draft for tides"
     # Waiting holds nothing: no step of the run is running or ready, no message queued or reserved.
     assert busy_steps([run.pk]) == 0
-    assert wait_until(lambda: queued_messages() == 0, timeout=10, message="an empty queue")
+    assert wait_until(lambda: queued_messages() == 0, timeout=60, message="an empty queue")
     assert StepExecution.objects.get(run_id=run.pk, key="review").status == "waiting"
 
     decision = decide(approval.pk, user=alice, approve=True, comment="looks right")
     assert decision.output["approved"] is True and decision.output["decided_by"] == "alice"
 
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output == {"published": {"text": "tides"}, "approved": True}
     review = StepExecution.objects.get(run_id=run.pk, key="review")
@@ -56,7 +55,7 @@ def test_a_rejection_takes_the_branch_and_the_loop_asks_again(engine: Any, workf
     assert second.content == {"text": "revised reefs"}
     assert StepExecution.objects.get(run_id=run.pk, key="review").output["approved"] is False
     decide(second.pk, user=alice, approve=True)
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert [k for k in StepExecution.objects.filter(run_id=run.pk).order_by("id").values_list("key", flat=True)] == [
         "draft", "review", "decide", "revise", "review2", "publish"]
@@ -67,7 +66,7 @@ def test_edited_content_flows_on_to_later_steps(engine: Any, workflow: Any, alic
     run = start_run("review-flow", {"topic": "kelp"}).run
     approval = pending_approval(run.pk)
     decide(approval.pk, user=alice, approve=True, content={"text": "kelp, edited by a person"})
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.output["published"] == {"text": "kelp, edited by a person"}
     approval.refresh_from_db()
     assert approval.content_edited and approval.content == {"text": "kelp"}
@@ -89,10 +88,10 @@ def test_a_timeout_applies_on_timeout(engine: Any, workflow: Any, on_timeout: st
     workflow(review_workflow(timeout_seconds=0.5, on_timeout=on_timeout))
     run = start_run("review-flow", {"topic": "surf"}).run
     if expected == "revise":
-        pending_approval(run.pk, "review2", timeout=30)
+        pending_approval(run.pk, "review2")
         assert StepExecution.objects.get(run_id=run.pk, key="review").output["timed_out"] is True
     else:
-        run = wait_for_run(run.pk)
+        run = finished(run.pk)
         if expected == "failed":
             assert run.status == "failed"
             assert run.error["type"] == "approval_timeout"
@@ -111,7 +110,7 @@ def test_deciding_twice_gives_one_decision_and_a_clear_refusal(engine: Any, work
     decide(approval.pk, user=alice, approve=True)
     with pytest.raises(DecisionError, match=r"already approved by alice"):
         decide(approval.pk, user=alice, approve=False)
-    wait_for_run(run.pk)
+    finished(run.pk)
     assert RunEvent.objects.filter(run_id=run.pk, kind__in=["approval_approved", "approval_rejected"]).count() == 1
 
 
@@ -148,7 +147,7 @@ def test_fifty_racing_decisions_give_exactly_one_winner(engine: Any, workflow: A
     assert RunEvent.objects.filter(run_id=run.pk, kind__in=["approval_approved", "approval_rejected"]).count() == 1
     review_output = StepExecution.objects.get(run_id=run.pk, key="review").output
     assert review_output["comment"] == approval.comment
-    assert wait_for_run(run.pk).status == "completed"
+    assert finished(run.pk).status == "completed"
 
 
 def test_a_user_outside_the_named_group_is_refused_and_nothing_changes(
@@ -171,7 +170,7 @@ def test_a_user_outside_the_named_group_is_refused_and_nothing_changes(
     alice = User.objects.get(pk=alice.pk)  # fresh permission cache
     assert [a.pk for a in pending_for(alice)] == [approval.pk]
     decide(approval.pk, user=alice, approve=True)
-    assert wait_for_run(run.pk).status == "completed"
+    assert finished(run.pk).status == "completed"
 
 
 def test_the_approve_command_decides_by_run_id_and_pending_approvals_lists_it(
@@ -184,7 +183,7 @@ def test_the_approve_command_decides_by_run_id_and_pending_approvals_lists_it(
     assert str(approval.pk) in table and "review-flow / review" in table
     call_command("approve", str(run.pk), "--comment", "ship it", "--as", "alice")
     assert "approved by alice" in capsys.readouterr().out
-    assert wait_for_run(run.pk).status == "completed"
+    assert finished(run.pk).status == "completed"
     from django.core.management.base import CommandError
 
     with pytest.raises(CommandError, match="no pending approval"):
@@ -227,13 +226,13 @@ def test_a_run_failed_by_an_approval_timeout_can_be_retried_and_asks_again(
          "on_timeout": "fail"},
         {"name": "after", "type": "task", "handler": "test.value", "config": {"value": "{{ steps.review.output }}"}},
     ]})
-    run = wait_for_run(start_run("strict-review", {"doc": "d"}).run.pk)
+    run = finished(start_run("strict-review", {"doc": "d"}).run.pk)
     assert run.status == "failed" and run.error["type"] == "approval_timeout"
     retry_run(run.pk, actor="test")
     # The retried step asks again: a second request with its own (again short) deadline.
-    wait_until(lambda: Approval.objects.filter(run_id=run.pk).count() == 2, timeout=10,
+    wait_until(lambda: Approval.objects.filter(run_id=run.pk).count() == 2, timeout=60,
                message="a fresh approval request")
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "failed" and run.error["type"] == "approval_timeout"
     assert list(Approval.objects.filter(run_id=run.pk).values_list("status", flat=True)) == ["expired", "expired"]
     assert RunEvent.objects.filter(run_id=run.pk, kind="approval_requested").count() == 2
@@ -246,7 +245,7 @@ def test_a_retried_run_reopens_an_approval_its_failure_cancelled(engine: Any, wo
         "person": [{"name": "review", "type": "approval", "content": "c"}],
         "machine": [{"name": "flaky", "type": "task", "handler": "test.fail_times", "config": {"times": 1}}],
     }}]})
-    run = wait_for_run(start_run("two-branches", {}).run.pk)
+    run = finished(start_run("two-branches", {}).run.pk)
     assert run.status == "failed"
     approval = Approval.objects.get(run_id=run.pk)
     assert approval.status == ApprovalStatus.CANCELLED
@@ -255,7 +254,7 @@ def test_a_retried_run_reopens_an_approval_its_failure_cancelled(engine: Any, wo
     assert approval.status == ApprovalStatus.PENDING
     wait_parked(run.pk)  # the other branch is done; only the parked one is open
     decide(approval.pk, user=alice, approve=True)
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output["person"]["approved"] is True
 
@@ -269,4 +268,4 @@ def test_a_run_whose_only_open_branch_waits_on_a_person_is_waiting(engine: Any, 
     wait_parked(run.pk)
     assert StepExecution.objects.get(run_id=run.pk, key="work").status == "completed"
     decide(pending_approval(run.pk).pk, user=alice, approve=True)
-    assert wait_for_run(run.pk).status == "completed"
+    assert finished(run.pk).status == "completed"

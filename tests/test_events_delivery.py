@@ -15,8 +15,7 @@ from events.services import EventError, deliver_event
 from runs.models import RunEvent
 from runs.services import start_run
 from steps.models import StepExecution
-from tests.approval_support import busy_steps, wait_parked
-from tests.conftest import wait_for_run
+from tests.approval_support import busy_steps, finished, wait_parked
 
 
 def order_workflow(name: str = "order-flow", **wait: Any) -> dict[str, Any]:
@@ -41,7 +40,7 @@ def test_an_event_with_the_waiting_key_completes_the_step(engine: Any, workflow:
     delivery = deliver_event("payment.received", key="A-1", payload={"amount": 42})
     step = StepExecution.objects.get(run_id=run.pk, key="paid")
     assert delivery.matched_step_ids == [step.pk] and not delivery.duplicate
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output == {"amount": 42}
     assert step.__class__.objects.get(pk=step.pk).output["payload"] == {"amount": 42}
@@ -63,7 +62,7 @@ def test_an_expression_matches_over_the_event_and_the_run(engine: Any, workflow:
     assert StepExecution.objects.get(run_id=run.pk, key="paid").status == "waiting"
     matched = deliver_event("payment.received", key="y", payload={"amount": 150, "currency": "EUR"})
     assert len(matched.matched_step_ids) == 1
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed" and run.output["payload"]["amount"] == 150
 
 
@@ -75,7 +74,7 @@ def test_one_event_completes_two_waiting_runs(engine: Any, workflow: Any) -> Non
     delivery = deliver_event("payment.received", key="shared", payload={"amount": 7})
     assert len(delivery.matched_step_ids) == 2
     for run in runs:
-        assert wait_for_run(run.pk).output == {"amount": 7}
+        assert finished(run.pk).output == {"amount": 7}
 
 
 def test_an_early_event_within_lookback_is_consumed_when_the_wait_starts(engine: Any, workflow: Any) -> None:
@@ -83,7 +82,7 @@ def test_an_early_event_within_lookback_is_consumed_when_the_wait_starts(engine:
     early = deliver_event("payment.received", key="B-7", payload={"amount": 9})
     assert early.matched_step_ids == []
     run = start_run("order-flow", {"order": "B-7"}).run
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed" and run.output == {"amount": 9}
     assert EventMatch.objects.get(run_id=run.pk).event_id == early.event.pk
     assert RunEvent.objects.filter(run_id=run.pk, kind="event_matched", data__early=True).exists()
@@ -98,7 +97,7 @@ def test_an_early_event_outside_lookback_is_not_consumed(engine: Any, workflow: 
     assert StepExecution.objects.get(run_id=run.pk, key="paid").status == "waiting"
     assert not EventMatch.objects.filter(run_id=run.pk).exists()
     deliver_event("payment.received", key="C-3", payload={"amount": 2})
-    assert wait_for_run(run.pk).output == {"amount": 2}
+    assert finished(run.pk).output == {"amount": 2}
 
 
 def test_a_duplicate_event_id_is_ignored(engine: Any, workflow: Any) -> None:
@@ -107,7 +106,7 @@ def test_a_duplicate_event_id_is_ignored(engine: Any, workflow: Any) -> None:
     wait_parked(first_run.pk)
     first = deliver_event("payment.received", key="D-1", payload={"amount": 5}, event_id="evt-123")
     assert len(first.matched_step_ids) == 1
-    wait_for_run(first_run.pk)
+    finished(first_run.pk)
     second_run = start_run("order-flow", {"order": "D-1"}).run
     wait_parked(second_run.pk)
     again = deliver_event("payment.received", key="D-1", payload={"amount": 5}, event_id="evt-123")
@@ -120,7 +119,7 @@ def test_a_duplicate_event_id_is_ignored(engine: Any, workflow: Any) -> None:
 def test_a_wait_times_out(engine: Any, workflow: Any, on_timeout: str) -> None:
     workflow(order_workflow(name=f"order-timeout-{on_timeout}", timeout_seconds=0.5, on_timeout=on_timeout))
     run = start_run(f"order-timeout-{on_timeout}", {"order": "E-1"}).run
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     step = StepExecution.objects.get(run_id=run.pk, key="paid")
     if on_timeout == "fail":
         assert run.status == "failed" and run.error["type"] == "event_timeout"
@@ -147,7 +146,7 @@ def test_send_event_command_delivers(engine: Any, workflow: Any, capsys: Any) ->
     wait_parked(run.pk)
     call_command("send_event", "payment.received", "--key", "F-1", "--payload", '{"amount": 3}', "--id", "f1")
     assert "1 waiting step(s) completed" in capsys.readouterr().out
-    assert wait_for_run(run.pk).output == {"amount": 3}
+    assert finished(run.pk).output == {"amount": 3}
     call_command("send_event", "payment.received", "--key", "F-1", "--payload", '{"amount": 3}', "--id", "f1")
     assert "already delivered" in capsys.readouterr().out
 
@@ -172,12 +171,12 @@ def test_a_retried_run_waits_again_for_an_event_its_failure_cancelled(engine: An
         "outside": [{"name": "paid", "type": "external_event", "event": "payment.received", "key": "{{ input.o }}"}],
         "machine": [{"name": "flaky", "type": "task", "handler": "test.fail_times", "config": {"times": 1}}],
     }}]})
-    run = wait_for_run(start_run("two-branches-event", {"o": "G-1"}).run.pk)
+    run = finished(start_run("two-branches-event", {"o": "G-1"}).run.pk)
     assert run.status == "failed"
     assert not EventWait.objects.filter(run_id=run.pk).exists()
     retry_run(run.pk, actor="test")
     wait_parked(run.pk)  # the other branch is done; only the parked one is open
     assert deliver_event("payment.received", key="G-1", payload={"ok": 1}).matched_step_ids
-    run = wait_for_run(run.pk)
+    run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output["outside"]["payload"] == {"ok": 1}
