@@ -40,8 +40,11 @@ class Decision:
     output: dict[str, Any]
 
 
-def may_decide(user: Any, approval: Approval) -> tuple[bool, str]:
-    """Whether ``user`` may decide ``approval``, and if not, why (in words for a person)."""
+def may_decide(user: Any, approval: Approval, group_names: set[str] | None = None) -> tuple[bool, str]:
+    """Whether ``user`` may decide ``approval``, and if not, why (in words for a person).
+
+    ``group_names`` (the user's groups) saves a query per approval when checking many.
+    """
     if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated or not user.is_active:
         return False, "you must be signed in as an active user to decide approvals"
     if not user.has_perm(DECIDE_PERMISSION):
@@ -49,8 +52,12 @@ def may_decide(user: Any, approval: Approval) -> tuple[bool, str]:
     if approval.is_restricted and not user.is_superuser:
         if user.get_username() in approval.allowed_users:
             return True, ""
-        if approval.allowed_groups and user.groups.filter(name__in=approval.allowed_groups).exists():
-            return True, ""
+        if approval.allowed_groups:
+            if group_names is not None:
+                if group_names & set(approval.allowed_groups):
+                    return True, ""
+            elif user.groups.filter(name__in=approval.allowed_groups).exists():
+                return True, ""
         who = []
         if approval.allowed_groups:
             who.append("groups " + ", ".join(approval.allowed_groups))
@@ -155,7 +162,8 @@ def pending_for(user: Any) -> list[Approval]:
     if user is None or not getattr(user, "is_authenticated", False) or not user.has_perm(DECIDE_PERMISSION):
         return []
     rows = Approval.objects.filter(status=ApprovalStatus.PENDING).order_by("requested_at", "id")
-    return [a for a in rows if may_decide(user, a)[0]]
+    groups = set(user.groups.values_list("name", flat=True))
+    return [a for a in rows if may_decide(user, a, groups)[0]]
 
 
 def pending(queryset: QuerySet[Approval] | None = None) -> QuerySet[Approval]:

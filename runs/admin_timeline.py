@@ -111,9 +111,18 @@ def _llm_calls(steps: list[StepExecution]) -> dict[int, list[dict[str, Any]]]:
     return out
 
 
+# A run with a 10,000-item map still opens quickly: the page draws the first steps and
+# the first history rows, and says how many it left out.
+MAX_STEPS = 500
+MAX_EVENTS = 5000
+
+
 def build(run: Run) -> dict[str, Any]:
-    rows = list(StepExecution.objects.filter(run_id=run.pk).order_by("id"))
-    events = list(RunEvent.objects.filter(run_id=run.pk).order_by("id"))
+    rows = list(StepExecution.objects.filter(run_id=run.pk).order_by("id")[: MAX_STEPS + 1])
+    events = list(RunEvent.objects.filter(run_id=run.pk).order_by("id")[: MAX_EVENTS + 1])
+    more_steps = len(rows) > MAX_STEPS
+    more_events = len(events) > MAX_EVENTS
+    rows, events = rows[:MAX_STEPS], events[:MAX_EVENTS]
     now = timezone.now()
     start = run.created_at
     candidates = [run.finished_at, *(r.finished_at for r in rows), *(e.created_at for e in events)]
@@ -202,6 +211,9 @@ def build(run: Run) -> dict[str, Any]:
     return {
         "steps": views, "history": events, "axis": axis, "span": _fmt_seconds(span),
         "started": start, "ended": end, "has_llm": llm_call_model() is not None,
+        "steps_total": StepExecution.objects.filter(run_id=run.pk).count() if more_steps else len(rows),
+        "events_total": RunEvent.objects.filter(run_id=run.pk).count() if more_events else len(events),
+        "more_steps": more_steps, "more_events": more_events,
     }
 
 

@@ -148,3 +148,17 @@ def test_a_steps_llm_calls_appear_with_tokens_and_cost(engine: Any, workflow: An
                          latency_ms=87.4)
     html = client_for(alice).get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
     assert "llm-calls" in html and "tiny-model" in html and "1234 / 56" in html and "$0.004200" in html
+
+
+def test_a_huge_run_page_shows_the_first_steps_and_says_how_many_it_left_out(
+        engine: Any, workflow: Any, alice: User, monkeypatch: Any) -> None:
+    from runs import admin_timeline
+
+    monkeypatch.setattr(admin_timeline, "MAX_STEPS", 2)
+    monkeypatch.setattr(admin_timeline, "MAX_EVENTS", 3)
+    workflow({"name": "three", "steps": [
+        {"name": f"s{i}", "type": "task", "handler": "test.value", "config": {"value": i}} for i in range(3)]})
+    run = finished(start_run("three", {}).run.pk)
+    html = client_for(alice).get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
+    assert 'data-step="s1"' in html and 'data-step="s2"' not in html
+    assert "Showing the first 2 of 3 steps" in html and "Showing the first 3 of" in html
