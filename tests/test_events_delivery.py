@@ -180,3 +180,42 @@ def test_a_retried_run_waits_again_for_an_event_its_failure_cancelled(engine: An
     run = finished(run.pk)
     assert run.status == "completed", run.error
     assert run.output["outside"]["payload"] == {"ok": 1}
+
+
+def test_a_wait_starting_while_its_event_arrives_never_misses_it(transactional_db: Any, workflow: Any) -> None:
+    """Thirty rounds of a run starting its wait (lookback 60s) while the event is delivered at
+    the same moment: whichever commits first, the other sees it; no run is left waiting."""
+    import threading
+
+    from django.db import connection
+
+    workflow({"name": "race-wait", "steps": [
+        {"name": "paid", "type": "external_event", "event": "race.paid", "key": "{{ input.k }}",
+         "lookback_seconds": 60}]})
+    run_ids: list[Any] = []
+
+    def starter(key: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()
+            run_ids.append(start_run("race-wait", {"k": key}).run.pk)
+        finally:
+            connection.close()
+
+    def sender(key: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()
+            deliver_event("race.paid", key=key)
+        finally:
+            connection.close()
+
+    for i in range(30):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=starter, args=(f"r{i}", barrier)),
+                   threading.Thread(target=sender, args=(f"r{i}", barrier))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(run_ids) == 30
+    statuses = list(StepExecution.objects.filter(run_id__in=run_ids).values_list("status", flat=True))
+    assert statuses == ["completed"] * 30
