@@ -145,9 +145,12 @@ class ApprovalAdmin(admin.ModelAdmin):
         return TemplateResponse(request, self.change_form_template, context)
 
     def decide_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
         approval = get_object_or_404(Approval, pk=object_id)
+        if request.method == "GET":
+            # A link to "decide" (a webhook notice, an email) opens the review page.
+            return HttpResponseRedirect(reverse("admin:approvals_approval_change", args=[approval.pk]))
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["GET", "POST"])
         if not request.user.has_perm(DECIDE_PERMISSION):
             raise PermissionDenied(f"{request.user.get_username()} may not decide approvals")
         back = reverse("admin:approvals_approval_change", args=[approval.pk])

@@ -76,6 +76,9 @@ def test_a_user_without_the_permission_sees_no_buttons_and_gets_403_on_post(
     response = client.post(reverse("admin:approvals_approval_decide", args=[approval.pk]),
                            {"decision": "approve", "comment": "let me"})
     assert response.status_code == 403
+    # The decide link (as sent in webhook notices) opens the review page.
+    link = client.get(reverse("admin:approvals_approval_decide", args=[approval.pk]))
+    assert link.status_code == 302 and link["Location"].endswith(f"/approval/{approval.pk}/change/")
     approval.refresh_from_db()
     assert approval.status == ApprovalStatus.PENDING
     assert not RunEvent.objects.filter(run_id=run.pk, kind="approval_approved").exists()
