@@ -29,6 +29,12 @@ Why it is the same protocol (DESIGN §4):
   cancelled), nothing was written and the caller runs the general commit, which
   decides what to do as before.
 
+The same way, ``commit_and_finish`` completes the last step of a plain top-level run
+together with the run (``engine.finish_run``'s UPDATE; the status signal is sent by the
+caller after the statement), and ``claim`` is the claim's conditional UPDATE returning
+the row joined to its run and workflow. Everything else takes the general paths; SQLite
+(embedded) always does.
+
 Rows are built by the models' own fields (``pre_save``/``get_db_prep_save``), so new
 columns with Python defaults are filled here too.
 """
@@ -89,8 +95,9 @@ def _insert_sql(model: type[Model], rows: int, first: int) -> str:
 
 @functools.cache
 def _statement() -> str:
-    """The statement's text, with ``$n`` placeholders: the same for every call, so it is
-    prepared (parsed and planned) once per connection."""
+    """The statement's text, with ``$n`` placeholders: the same for every call, so psycopg
+    prepares it after a few executions (unless the connection's ``prepare_threshold`` is
+    None, as it must be behind a transaction-pooling pgbouncer)."""
     qn = connection.ops.quote_name
     step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
     first_step = 11
@@ -136,14 +143,13 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
     _values(RunEvent(run_id=row.run_id, kind="step_ready", step_key=target.name, data={"type": target.type}),
             params)
-    # Server-side binding, prepared: the statement is parsed and planned once per connection.
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    # Django's cursors bind on the client; this one binds on the server, so it can be prepared,
-    # and takes $n placeholders as they are (psycopg does not cache conversions of >50 params).
+    # Django's cursors bind on the client; this one binds on the server (so psycopg may prepare
+    # it) and takes $n placeholders as they are (psycopg does not cache conversions of >50 params).
     with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
-        cursor.execute(_statement(), params, prepare=True)
+        cursor.execute(_statement(), params)
         got = cursor.fetchone()
     if got is None:
         return NOT_APPLIED
@@ -205,7 +211,7 @@ def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str
     raw = connection.connection
     assert raw is not None
     with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
-        cursor.execute(_finish_statement(), params, prepare=True)
+        cursor.execute(_finish_statement(), params)
         got = cursor.fetchone()
     if got is None:
         return False
@@ -269,7 +275,7 @@ def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepEx
     assert raw is not None
     params = [step_id, StepStatus.RUNNING, owner, t + timedelta(seconds=lease_seconds), t, StepStatus.READY]
     with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
-        cursor.execute(_claim_statement(), params, prepare=True)
+        cursor.execute(_claim_statement(), params)
         got = cursor.fetchone()
     if got is None:
         return None
