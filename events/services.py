@@ -107,16 +107,18 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
                 duplicate = True
         else:
             event = existing
+        claims: list[tuple[int, dict[str, Any]]]
         if duplicate:
-            claims = list(EventMatch.objects.filter(event=event, step__status=StepStatus.WAITING)
-                          .values_list("step_id", flat=True))
+            output = event.as_output()
+            claims = [(step_id, output) for step_id in
+                      EventMatch.objects.filter(event=event, step__status=StepStatus.WAITING)
+                      .values_list("step_id", flat=True)]
         else:
             claims = _claim_waits(event)
-    output = event.as_output()
     completed = []
-    for step_id in claims:
+    for step_id, step_output in claims:
         with transaction.atomic():
-            if resume_waiting_step(step_id, step_types.Complete(output), actor=f"event:{name}",
+            if resume_waiting_step(step_id, step_types.Complete(step_output), actor=f"event:{name}",
                                    expected_type="external_event"):
                 EventWait.objects.filter(step_id=step_id).delete()
                 completed.append(step_id)
@@ -132,13 +134,18 @@ def purge_expired_events(now: Any = None) -> int:
     return int(deleted)
 
 
-def _claim_waits(event: Event) -> list[int]:
+def _claim_waits(event: Event) -> list[tuple[int, dict[str, Any]]]:
     output = event.as_output()
-    claims: list[int] = []
+    claims: list[tuple[int, dict[str, Any]]] = []
     candidates = (waits_for(event.workspace_id, event.name, event.key)
                   .select_related("run", "run__workflow", "step").order_by("run_id", "id"))
     for wait in candidates:
         if wait.step.status != StepStatus.WAITING:
+            continue
+        earlier = EventMatch.objects.filter(step_id=wait.step_id).select_related("event").first()
+        if earlier is not None:
+            # Claimed by a delivery that crashed before resuming it: finish that claim now.
+            claims.append((wait.step_id, earlier.event.as_output()))
             continue
         if wait.match and not matches(wait.match, output, engine.template_context(wait.run, wait.step)):
             continue
@@ -146,5 +153,5 @@ def _claim_waits(event: Event) -> list[int]:
         record(wait.run_id, "event_matched", step_key=wait.step.key, actor=f"event:{event.name}",
                message=f"event {event.name}[{event.key}] #{event.pk} matched",
                data={"event": event.pk, "name": event.name, "key": event.key, "event_id": event.event_id})
-        claims.append(wait.step_id)
+        claims.append((wait.step_id, output))
     return claims

@@ -219,3 +219,18 @@ def test_a_wait_starting_while_its_event_arrives_never_misses_it(transactional_d
     assert len(run_ids) == 30
     statuses = list(StepExecution.objects.filter(run_id__in=run_ids).values_list("status", flat=True))
     assert statuses == ["completed"] * 30
+
+
+def test_a_claim_left_by_a_crashed_delivery_is_finished_by_the_next_one(transactional_db: Any,
+                                                                         workflow: Any) -> None:
+    workflow(order_workflow(name="crash-claim"))
+    run = start_run("crash-claim", {"order": "H-1"}).run
+    step = StepExecution.objects.get(run_id=run.pk, key="paid")
+    # What a delivery leaves when it dies between its two transactions: event stored, wait claimed.
+    first = Event.objects.create(workspace_id=run.workspace_id, name="payment.received", key="H-1",
+                                 payload={"amount": 1})
+    EventMatch.objects.create(event=first, step=step, run=run, step_name="paid")
+    assert StepExecution.objects.get(pk=step.pk).status == "waiting"
+    later = deliver_event("payment.received", key="H-1", payload={"amount": 2})
+    assert later.matched_step_ids == [step.pk]
+    assert StepExecution.objects.get(pk=step.pk).output["payload"] == {"amount": 1}  # the claimed event
