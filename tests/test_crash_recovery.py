@@ -161,7 +161,7 @@ def test_runs_finish_when_redis_restarts_empty_mid_flight(fresh_engine: Any, wor
             {"name": "z", "type": "task", "handler": "test.ledger",
              "config": {"ledger": "{{ input.ledger }}", "sleep": 0.2}},
         ]})
-        fresh_engine(CELERY_BROKER_URL=broker)
+        worker = fresh_engine(CELERY_BROKER_URL=broker)
         # Start the runs through the CLI so their doorbells ring on the private Redis.
         env = subprocess_env(CELERY_BROKER_URL=broker)
         run_ids = []
@@ -177,6 +177,17 @@ def test_runs_finish_when_redis_restarts_empty_mid_flight(fresh_engine: Any, wor
         os.killpg(redis_proc.pid, signal.SIGKILL)
         redis_proc.wait()
         redis_proc = _start_redis(port, tmp_path)
+        # Celery 5.x can exit on reconnection while long tasks are cancelled on connection
+        # loss (celery/celery#9250); a process supervisor (compose's restart policy,
+        # systemd) starts it again, and so do we. The runs must finish either way.
+        supervised = [worker]
+
+        def all_finished() -> bool:
+            if not supervised[-1].alive():
+                supervised.append(fresh_engine(CELERY_BROKER_URL=broker))
+            return not Run.objects.filter(pk__in=run_ids, status__in=["running", "waiting"]).exists()
+
+        wait_until(all_finished, timeout=120, interval=0.2, message="every run to finish")
         for run_id in run_ids:
             run = wait_for_run(run_id, timeout=90)
             assert run.status == "completed", (run.error, list(run.steps.values_list("key", "status")))

@@ -25,8 +25,9 @@ def _expire(step: StepExecution, recoveries: int = 0) -> None:
         attempt=step.attempt + 1, recovery_count=recoveries, started_at=timezone.now())
 
 
-def test_a_step_whose_worker_keeps_dying_is_dead_lettered_with_a_reason(transactional_db: Any,
+def test_a_step_whose_worker_keeps_dying_is_dead_lettered_with_a_reason(fresh_engine: Any,
                                                                          workflow: Any) -> None:
+    # fresh_engine stops the shared engine (and starts none): only this test sweeps.
     workflow({"name": "doomed", "steps": [{"name": "only", "type": "task", "handler": "noop"}]})
     run = start_run("doomed", {}).run
     step = StepExecution.objects.get(run=run, key="only")
@@ -38,12 +39,14 @@ def test_a_step_whose_worker_keeps_dying_is_dead_lettered_with_a_reason(transact
     process_step(step.pk)
     step.refresh_from_db()
     run.refresh_from_db()
-    assert step.status == "failed" and step.error["type"] == "dead_lettered"
+    assert step.status == "failed" and step.error is not None and run.error is not None
+    assert step.error["type"] == "dead_lettered"
     assert "STEVORA_MAX_RECOVERIES" in step.error["message"]
     assert run.status == "failed" and run.error["step"] == "only"
 
 
-def test_two_sweeps_at_once_recover_each_step_once(transactional_db: Any, workflow: Any) -> None:
+def test_two_sweeps_at_once_recover_each_step_once(fresh_engine: Any, workflow: Any) -> None:
+    # No engine runs (fresh_engine stopped the shared one): the three sweeps here are all.
     workflow({"name": "swept", "steps": [{"name": "only", "type": "task", "handler": "noop"}]})
     runs = [start_run("swept", {"n": i}).run for i in range(5)]
     for run in runs:

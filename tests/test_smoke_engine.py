@@ -14,5 +14,5 @@ def test_a_sequence_of_tasks_runs_to_completion(engine: Any, workflow: Any, ledg
     run = start_run("seq", {"ledger": str(ledger)}).run
     run = wait_for_run(run.pk)
     assert run.status == "completed", run.error
-    assert run.output["value"] == 2
+    assert run.output is not None and run.output["value"] == 2
     assert [line.split()[1] for line in read_ledger(ledger)] == ["s0", "s1", "s2"]
