@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 from steps.handlers import PermanentError, StepContext, handler
-
-
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+from tests.handlers import _append
 
 
 @handler("test.tool.lookup")

@@ -842,7 +842,8 @@ def test_control_commands_report_the_new_status_and_refuse_illegal_moves(engine:
 
 
 @pytest.mark.parametrize("verb", ["show_run", "cancel_run", "pause_run", "resume_run", "retry_run"])
-@pytest.mark.parametrize("run_id", [str(uuid.uuid4()), "not-a-run-id", "123"])
+# A fixed UUID: xdist workers must collect the same test ids.
+@pytest.mark.parametrize("run_id", ["3436c97a-91ca-49ad-aff8-3b9b3d5225e1", "not-a-run-id", "123"])
 def test_every_command_refuses_an_unknown_run_id(db: Any, verb: str, run_id: str) -> None:
     with pytest.raises(CommandError, match=f"no run with id '{run_id}'"):
         call_command(verb, run_id)
