@@ -13,6 +13,9 @@ class IllegalTransition(Exception):
     """A state change that the state machine does not allow, or that lost a race."""
 
 
+DEFAULT_WORKSPACE_SLUG = "default"
+
+
 class Workspace(models.Model):
     """A tenant. Every definition and run belongs to one; ``default`` exists after migrate."""
 
@@ -25,7 +28,7 @@ class Workspace(models.Model):
 
     @classmethod
     def default(cls) -> Workspace:
-        workspace, _ = cls.objects.get_or_create(slug="default", defaults={"name": "Default"})
+        workspace, _ = cls.objects.get_or_create(slug=DEFAULT_WORKSPACE_SLUG, defaults={"name": "Default"})
         return workspace
 
 
@@ -133,7 +136,8 @@ class Run(models.Model):
 class RunEvent(models.Model):
     """Append-only history of a run: every transition, retry, recovery and control action."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="history")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="history",
+                            db_index=False)  # runevent_run_id (run, id) serves every lookup
     kind = models.CharField(max_length=64)
     step_key = models.CharField(max_length=255, blank=True, default="")
     actor = models.CharField(max_length=150, blank=True, default="")

@@ -38,12 +38,16 @@ class StepExecution(models.Model):
     items); the pair (run, key) is unique, so a step result can be recorded only once.
     """
 
-    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="steps")
+    # Indexed by step_run_id and step_unique_key_per_run, both led by run_id: the foreign
+    # key's own index would be a third index entry to write at every step insert and update.
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="steps", db_index=False)
     key = models.CharField(max_length=255)
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=32)
     # Fan-out children (parallel branch steps, map items) point at their parent step.
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # Indexed only where set (step_parent_idx): most steps are top-level.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children",
+                               db_index=False)
     branch = models.CharField(max_length=200, blank=True, default="")
     item_index = models.IntegerField(null=True, blank=True)
     visit = models.PositiveIntegerField(default=1)
@@ -87,6 +91,8 @@ class StepExecution(models.Model):
                          name="step_waiting_wake_idx"),
             # show_run / admin timeline: a run's steps in order.
             models.Index(fields=["run", "id"], name="step_run_id"),
+            # joins and cascades: a fan-out parent's children.
+            models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="step_parent_idx"),
         ]
         ordering = ["id"]
 
