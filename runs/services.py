@@ -19,12 +19,23 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from steps import fastcommit
 from steps import types as step_types
+from steps.dispatch import can_publish
 from steps.models import StepExecution, StepStatus
 
 from . import engine
-from .definitions import DefinitionError, handler_registered, input_errors, parse_text, spec_for, validate
-from .models import RUN_TERMINAL, IllegalTransition, Run, RunStatus, Workflow, Workspace
+from .definitions import DefinitionError, WorkflowSpec, handler_registered, input_errors, parse_text, spec_for, validate
+from .models import (
+    DEFAULT_WORKSPACE_SLUG,
+    RUN_TERMINAL,
+    IllegalTransition,
+    Run,
+    RunEvent,
+    RunStatus,
+    Workflow,
+    Workspace,
+)
 
 logger = logging.getLogger("stevora.services")
 
@@ -98,11 +109,15 @@ def definition_files(paths: list[str]) -> list[Path]:
 
 def resolve_workflow(name: str, *, workspace: Workspace | int | None = None, version: int | None = None) -> Workflow:
     ws_id = workspace.pk if isinstance(workspace, Workspace) else workspace
-    # The default workspace by its slug, in the same query (no get_or_create on every
-    # start: where there is no default workspace there is no workflow in it either).
-    qs = (Workflow.objects.filter(workspace__slug="default") if ws_id is None
-          else Workflow.objects.filter(workspace_id=ws_id)).filter(name=name)
-    workflow = qs.filter(version=version).first() if version else qs.order_by("-version").first()
+    workflow: Workflow | None
+    if fastcommit.available():
+        workflow = fastcommit.workflow(name, ws_id, version)  # the same query, a prepared statement
+    else:
+        # The default workspace by its slug, in the same query (no get_or_create on every
+        # start: where there is no default workspace there is no workflow in it either).
+        qs = (Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG) if ws_id is None
+              else Workflow.objects.filter(workspace_id=ws_id)).filter(name=name)
+        workflow = qs.filter(version=version).first() if version else qs.order_by("-version").first()
     if workflow is None:
         which = f"{name} v{version}" if version else name
         raise NotFound(f"no workflow named {which!r}; load it first with load_workflows")
@@ -126,6 +141,11 @@ def start_run(name: str, run_input: Any = None, *, workspace: Workspace | int | 
         workflow = resolve_workflow(name, workspace=workspace, version=version)
     except NotFound as exc:
         raise StartError(str(exc), [("workflow", str(exc))]) from None
+    if idempotency_key is None and fastcommit.available():
+        run = _start_in_one_statement(workflow, run_input if run_input is not None else {}, actor=actor,
+                                      budget=budget)
+        if run is not None:
+            return StartResult(run, True)
     with transaction.atomic():
         fx = engine.Effects()
         run, created = _start(workflow, run_input if run_input is not None else {}, fx,
@@ -163,10 +183,9 @@ def _budget_value(budget: dict[str, Any], key: str, path: str, errors: list[tupl
     return number
 
 
-def _start(workflow: Workflow, run_input: Any, fx: engine.Effects, *, idempotency_key: str | None = None,
-           parent_step: StepExecution | None = None, actor: str = "",
-           budget: dict[str, Any] | None = None) -> tuple[Run, bool]:
-    wf = spec_for(workflow)
+def _checked(workflow: Workflow, wf: WorkflowSpec, run_input: Any, idempotency_key: str | None,
+             budget: dict[str, Any] | None) -> tuple[Decimal | None, int | None]:
+    """Refuse a bad start whole, naming each problem; the run's budget limits."""
     errors = input_errors(wf, run_input)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key.strip()
                                         or len(idempotency_key) > 255):
@@ -176,6 +195,40 @@ def _start(workflow: Workflow, run_input: Any, fx: engine.Effects, *, idempotenc
     max_tokens = _budget_value(merged_budget, "max_tokens", "budget", errors)
     if errors:
         raise StartError(f"cannot start {workflow}: invalid input", errors)
+    return max_cost, int(max_tokens) if max_tokens is not None else None
+
+
+def _start_in_one_statement(workflow: Workflow, run_input: Any, *, actor: str,
+                            budget: dict[str, Any] | None) -> Run | None:
+    """PostgreSQL, outside any transaction, no idempotency key, a work step first: the
+    run, its first step and both history rows in one statement (what ``_start`` and
+    ``engine.activate`` write), then its doorbell. None: take the general path."""
+    wf = spec_for(workflow)
+    first = wf.steps[0]
+    if not step_types.is_work(first.type):
+        return None
+    max_cost, max_tokens = _checked(workflow, wf, run_input, None, budget)
+    t = timezone.now()
+    run = Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+              status=RunStatus.RUNNING, input=run_input, created_by=actor, started_at=t, max_cost_usd=max_cost,
+              max_tokens=max_tokens)
+    step = StepExecution(run=run, key=first.name, name=first.name, type=first.type, branch="", visit=1,
+                         max_attempts=first.retry.max_attempts, ready_at=t, state={}, status=StepStatus.READY,
+                         dispatched_at=t if can_publish() else None)
+    fastcommit.start(
+        run, step,
+        RunEvent(run=run, kind="run_started", actor=actor,
+                 data={"workflow": workflow.name, "version": workflow.version}),
+        RunEvent(run=run, kind="step_ready", step_key=first.name, data={"type": first.type}))
+    engine.Effects(dispatch=[step.pk], status_changes=[(run.pk, RunStatus.RUNNING)]).publish()
+    return run
+
+
+def _start(workflow: Workflow, run_input: Any, fx: engine.Effects, *, idempotency_key: str | None = None,
+           parent_step: StepExecution | None = None, actor: str = "",
+           budget: dict[str, Any] | None = None) -> tuple[Run, bool]:
+    wf = spec_for(workflow)
+    max_cost, max_tokens = _checked(workflow, wf, run_input, idempotency_key, budget)
     if idempotency_key:
         existing = Run.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
                                       idempotency_key=idempotency_key).first()
@@ -190,8 +243,7 @@ def _start(workflow: Workflow, run_input: Any, fx: engine.Effects, *, idempotenc
                 workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=idempotency_key or None,
                 parent_run_id=parent_step.run_id if parent_step else None, parent_step=parent_step,
-                created_by=actor, started_at=t, max_cost_usd=max_cost,
-                max_tokens=int(max_tokens) if max_tokens is not None else None,
+                created_by=actor, started_at=t, max_cost_usd=max_cost, max_tokens=max_tokens,
             )
     except IntegrityError:
         if not idempotency_key:

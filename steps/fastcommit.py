@@ -51,7 +51,7 @@ from django.db.models import Field, Model
 from django.utils import timezone
 
 from runs.definitions import END, StepSpec, WorkflowSpec
-from runs.models import Run, RunEvent, RunStatus, Workflow
+from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
 from runs.revisits import revisitable
 
 from . import types as step_types
@@ -76,28 +76,46 @@ def successor(row: StepExecution, spec: StepSpec, wf: WorkflowSpec) -> StepSpec 
     return target
 
 
+@functools.cache
 def _fields(model: type[Model]) -> list[Field[Any, Any]]:
-    return [f for f in model._meta.local_concrete_fields if not f.primary_key]
+    """The columns an INSERT writes: all but a database-generated primary key."""
+    return [f for f in model._meta.local_concrete_fields if f is not model._meta.auto_field]
 
 
-def _insert_sql(model: type[Model], rows: int, first: int) -> str:
-    """``INSERT … SELECT $first, … FROM done [UNION ALL …]``, typed by the model's columns."""
+def _insert_sql(model: type[Model], rows: int, first: int, source: str = "done") -> str:
+    """``INSERT … SELECT $first, … FROM source [UNION ALL …]``, typed by the model's columns."""
     qn = connection.ops.quote_name
     fields = _fields(model)
     selects = []
     for row in range(rows):
         base = first + row * len(fields)
         selects.append("SELECT " + ", ".join(f"CAST(${base + i} AS {f.db_type(connection)})"
-                                             for i, f in enumerate(fields)) + " FROM done")
+                                             for i, f in enumerate(fields)) + f" FROM {source}")
     return (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
             + " UNION ALL ".join(selects))
 
 
+def _execute(statement: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """Run one of this module's statements; its first row, or None.
+
+    Django's cursors bind parameters on the client; this one binds them on the server and
+    takes the ``$n`` placeholders as they are. Each statement is the same text at every
+    call, so it is a server-side prepared statement (parsed and planned once per
+    connection: about half of PostgreSQL's time for these statements), unless
+    ``STEVORA_DB_PREPARED_STATEMENTS`` is off (the connection's ``prepare_threshold`` is
+    then None and psycopg sends it unprepared).
+    """
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
+        cursor.execute(statement, params, prepare=True)
+        return cursor.fetchone()
+
+
 @functools.cache
 def _statement() -> str:
-    """The statement's text, with ``$n`` placeholders: the same for every call, so psycopg
-    prepares it after a few executions (unless the connection's ``prepare_threshold`` is
-    None, as it must be behind a transaction-pooling pgbouncer)."""
+    """The commit-and-claim statement's text, with ``$n`` placeholders."""
     qn = connection.ops.quote_name
     step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
     first_step = 11
@@ -143,14 +161,7 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
     _values(RunEvent(run_id=row.run_id, kind="step_ready", step_key=target.name, data={"type": target.type}),
             params)
-    connection.ensure_connection()
-    raw = connection.connection
-    assert raw is not None
-    # Django's cursors bind on the client; this one binds on the server (so psycopg may prepare
-    # it) and takes $n placeholders as they are (psycopg does not cache conversions of >50 params).
-    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
-        cursor.execute(_statement(), params)
-        got = cursor.fetchone()
+    got = _execute(_statement(), params)
     if got is None:
         return NOT_APPLIED
     nxt.pk = got[0]
@@ -207,17 +218,40 @@ def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str
                          field(Run, "finished_at").get_db_prep_save(timezone.now(), connection)]
     _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
     _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params)
-    connection.ensure_connection()
-    raw = connection.connection
-    assert raw is not None
-    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
-        cursor.execute(_finish_statement(), params)
-        got = cursor.fetchone()
-    if got is None:
+    if _execute(_finish_statement(), params) is None:
         return False
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     row.run.status, row.run.output, row.run.error = RunStatus.COMPLETED, output, None
     return True
+
+
+@functools.cache
+def _start_statement() -> str:
+    """A new run, its first step (ready) and both history rows: ``services.start_run``'s writes."""
+    qn = connection.ops.quote_name
+    run_fields = _fields(Run)
+    first_step = 1 + len(run_fields)
+    first_event = first_step + len(_fields(StepExecution))
+    return (
+        f"WITH r AS ({_insert_sql(Run, 1, 1, source='(SELECT) AS one')} RETURNING {qn('id')}), "
+        f"s AS ({_insert_sql(StepExecution, 1, first_step, source='r')} RETURNING {qn('id')}), "
+        f"h AS ({_insert_sql(RunEvent, 2, first_event, source='r')}) "
+        f"SELECT {qn('id')} FROM s"
+    )
+
+
+def start(run: Run, first: StepExecution, started: RunEvent, ready: RunEvent) -> None:
+    """Insert ``run`` with its first step and history rows, committed (one statement, in
+    autocommit: the caller checked ``available()``); sets ``first.pk``."""
+    params: list[Any] = []
+    for obj in (run, first, started, ready):
+        _values(obj, params)
+    got = _execute(_start_statement(), params)
+    assert got is not None  # plain inserts: a row, or an exception
+    for obj in (run, first):
+        obj._state.adding = False
+        obj._state.db = connection.alias
+    first.pk = got[0]
 
 
 def available() -> bool:
@@ -268,15 +302,35 @@ def _hydrate(model: type[Model], fields: list[Field[Any, Any]], values: Any) -> 
     return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
 
+@functools.cache
+def _workflow_statement(by_version: bool, default_workspace: bool) -> str:
+    """``services.resolve_workflow``'s query: the latest (or the given) version of a name."""
+    qn = connection.ops.quote_name
+    _, _, workflows = _claim_fields()
+    where = (f"w.{qn('workspace_id')} = (SELECT {qn('id')} FROM {qn(Workspace._meta.db_table)} "
+             f"WHERE {qn('slug')} = $1)") if default_workspace else f"w.{qn('workspace_id')} = $1"
+    return (f"SELECT {_columns('w', Workflow, workflows)} FROM {qn(Workflow._meta.db_table)} w "
+            f"WHERE {where} AND w.{qn('name')} = $2 "
+            + (f"AND w.{qn('version')} = $3" if by_version else f"ORDER BY w.{qn('version')} DESC LIMIT 1"))
+
+
+def workflow(name: str, workspace_id: int | None, version: int | None) -> Workflow | None:
+    """The workflow ``name`` (latest version unless ``version``) in the workspace (None: the
+    default one), its definition left deferred (``spec_for`` caches the parsed spec)."""
+    params: list[Any] = [DEFAULT_WORKSPACE_SLUG if workspace_id is None else workspace_id, name]
+    if version:
+        params.append(version)
+    got = _execute(_workflow_statement(bool(version), workspace_id is None), params)
+    if got is None:
+        return None
+    _, _, workflows = _claim_fields()
+    return _hydrate(Workflow, workflows, got)
+
+
 def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepExecution | None:
     """Claim ``step_id`` for ``owner`` (None: a duplicate or stale doorbell), in one statement."""
-    connection.ensure_connection()
-    raw = connection.connection
-    assert raw is not None
     params = [step_id, StepStatus.RUNNING, owner, t + timedelta(seconds=lease_seconds), t, StepStatus.READY]
-    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
-        cursor.execute(_claim_statement(), params)
-        got = cursor.fetchone()
+    got = _execute(_claim_statement(), params)
     if got is None:
         return None
     steps, runs, workflows = _claim_fields()

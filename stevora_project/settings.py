@@ -77,6 +77,8 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL")
+PREPARE_ONLY_WHEN_ASKED = 2**31 - 1  # psycopg's prepare_threshold: executions before auto-preparing
+DB_PREPARED_STATEMENTS = env_bool("STEVORA_DB_PREPARED_STATEMENTS", True)
 CONN_MAX_AGE = env_int("STEVORA_CONN_MAX_AGE", 600, minimum=0)
 if DATABASE_URL:
     scheme = urlparse(DATABASE_URL).scheme
@@ -88,6 +90,13 @@ if DATABASE_URL:
         _db = dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+    if _db["ENGINE"].endswith("postgresql"):
+        # Django turns psycopg's prepared statements off (for transaction-pooling pgbouncer
+        # before 1.21). Stevora prepares only its few hot-path statements, asked for by name
+        # (``prepare=True``); a threshold no ORM query reaches leaves everything else as it was.
+        # STEVORA_DB_PREPARED_STATEMENTS=false turns them off behind such a pooler.
+        _db.setdefault("OPTIONS", {})["prepare_threshold"] = (
+            PREPARE_ONLY_WHEN_ASKED if DB_PREPARED_STATEMENTS else None)
     DATABASES = {"default": _db}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

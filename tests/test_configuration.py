@@ -32,11 +32,24 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     ("DATABASE_URL", "mysql://u@h/db", "DATABASE_URL must be a postgres:// (or sqlite://) URL"),
     ("CELERY_BROKER_URL", "kafka://h", "CELERY_BROKER_URL must be a redis:// URL"),
     ("STEVORA_HANDLER_MODULES", "no_such_module_here", "STEVORA_HANDLER_MODULES: cannot import 'no_such_module_here'"),
+    ("STEVORA_DB_PREPARED_STATEMENTS", "sometimes", "STEVORA_DB_PREPARED_STATEMENTS must be one of"),
 ])
 def test_a_bad_setting_stops_start_up_naming_the_variable(variable: str, value: str, expected: str) -> None:
     result = manage("check", **{variable: value})
     assert result.returncode != 0
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize("value, threshold", [(None, "2147483647"), ("true", "2147483647"), ("false", "None")])
+def test_prepared_statements_are_asked_for_by_name_unless_turned_off(value: str | None, threshold: str) -> None:
+    # Only settings are read: no connection is made to this database.
+    env = {"DATABASE_URL": "postgres://nobody@127.0.0.1:5432/not_used"}
+    if value is not None:
+        env["STEVORA_DB_PREPARED_STATEMENTS"] = value
+    result = manage("shell", "-c", "from django.conf import settings; "
+                    "print(settings.DATABASES['default']['OPTIONS']['prepare_threshold'])", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == threshold
 
 
 def test_secrets_may_come_from_a_file(tmp_path: Any) -> None:
