@@ -46,8 +46,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from django.db import connection
-from django.db.models import Field, Model
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    Field,
+    ForeignKey,
+    IntegerField,
+    Model,
+    TextField,
+    UUIDField,
+)
 from django.utils import timezone
 
 from runs.definitions import END, StepSpec, WorkflowSpec
@@ -95,7 +106,7 @@ def _insert_sql(model: type[Model], rows: int, first: int, source: str = "done")
             + " UNION ALL ".join(selects))
 
 
-def _execute(statement: str, params: list[Any]) -> tuple[Any, ...] | None:
+def _execute(db: BaseDatabaseWrapper, statement: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run one of this module's statements; its first row, or None.
 
     Django's cursors bind parameters on the client; this one binds them on the server and
@@ -105,10 +116,10 @@ def _execute(statement: str, params: list[Any]) -> tuple[Any, ...] | None:
     ``STEVORA_DB_PREPARED_STATEMENTS`` is off (the connection's ``prepare_threshold`` is
     then None and psycopg sends it unprepared).
     """
-    connection.ensure_connection()
-    raw = connection.connection
+    db.ensure_connection()
+    raw = db.connection
     assert raw is not None
-    with connection.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
+    with db.wrap_database_errors, psycopg.RawCursor(raw) as cursor:  # Django's error classes
         cursor.execute(statement, params, prepare=True)
         return cursor.fetchone()
 
@@ -132,9 +143,28 @@ def _statement() -> str:
     )
 
 
-def _values(obj: Model, params: list[Any]) -> None:
-    for f in _fields(type(obj)):
-        params.append(f.get_db_prep_save(f.pre_save(obj, True), connection))
+def _db() -> BaseDatabaseWrapper:
+    """This thread's connection itself: ``django.db.connection`` is a proxy that looks it up
+    (through asgiref's context-local storage) at every attribute access, and the fields'
+    ``get_db_prep_save`` access it several times per column."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
+# Columns whose model value psycopg takes as it is (Django's get_db_prep_save would hand it
+# over unchanged on PostgreSQL, after several calls per column). JSON, decimals and any
+# other field go through the field's own get_db_prep_save.
+_AS_IS = (CharField, TextField, IntegerField, DateTimeField, UUIDField, BooleanField, ForeignKey)
+
+
+@functools.cache
+def _preps(model: type[Model]) -> list[tuple[Field[Any, Any], bool]]:
+    return [(f, isinstance(f, _AS_IS)) for f in _fields(model)]
+
+
+def _values(obj: Model, params: list[Any], db: BaseDatabaseWrapper) -> None:
+    for f, as_is in _preps(type(obj)):
+        value = f.pre_save(obj, True)  # auto_now and auto_now_add stamp here
+        params.append(value if as_is else f.get_db_prep_save(value, db))
 
 
 def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered: Any, owner: str, t: datetime,
@@ -153,20 +183,20 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
         status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds),
         attempt=1, started_at=t, dispatched_at=t,
     )
-    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field("output").get_db_prep_save(output, connection),
-                         field("input").get_db_prep_save(rendered, connection),
-                         field("finished_at").get_db_prep_save(t, connection),
+    db = _db()
+    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field("output").get_db_prep_save(output, db),
+                         field("input").get_db_prep_save(rendered, db), field("finished_at").get_db_prep_save(t, db),
                          row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING]
-    _values(nxt, params)
-    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
+    _values(nxt, params, db)
+    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params, db)
     _values(RunEvent(run_id=row.run_id, kind="step_ready", step_key=target.name, data={"type": target.type}),
-            params)
-    got = _execute(_statement(), params)
+            params, db)
+    got = _execute(db, _statement(), params)
     if got is None:
         return NOT_APPLIED
     nxt.pk = got[0]
     nxt._state.adding = False
-    nxt._state.db = connection.alias
+    nxt._state.db = db.alias
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     nxt.run = row.run
     return nxt
@@ -209,16 +239,16 @@ def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str
     def field(model: type[Model], name: str) -> Field[Any, Any]:
         return model._meta.get_field(name)  # type: ignore[return-value]
 
-    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field(StepExecution, "output").get_db_prep_save(
-                             output, connection),
-                         field(StepExecution, "input").get_db_prep_save(rendered, connection),
-                         field(StepExecution, "finished_at").get_db_prep_save(t, connection),
+    db = _db()
+    params: list[Any] = [row.run_id, StepStatus.COMPLETED, field(StepExecution, "output").get_db_prep_save(output, db),
+                         field(StepExecution, "input").get_db_prep_save(rendered, db),
+                         field(StepExecution, "finished_at").get_db_prep_save(t, db),
                          row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING,
-                         field(Run, "output").get_db_prep_save(output, connection),
-                         field(Run, "finished_at").get_db_prep_save(timezone.now(), connection)]
-    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params)
-    _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params)
-    if _execute(_finish_statement(), params) is None:
+                         field(Run, "output").get_db_prep_save(output, db),
+                         field(Run, "finished_at").get_db_prep_save(timezone.now(), db)]
+    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params, db)
+    _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params, db)
+    if _execute(db, _finish_statement(), params) is None:
         return False
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     row.run.status, row.run.output, row.run.error = RunStatus.COMPLETED, output, None
@@ -243,14 +273,15 @@ def _start_statement() -> str:
 def start(run: Run, first: StepExecution, started: RunEvent, ready: RunEvent) -> None:
     """Insert ``run`` with its first step and history rows, committed (one statement, in
     autocommit: the caller checked ``available()``); sets ``first.pk``."""
+    db = _db()
     params: list[Any] = []
     for obj in (run, first, started, ready):
-        _values(obj, params)
-    got = _execute(_start_statement(), params)
+        _values(obj, params, db)
+    got = _execute(db, _start_statement(), params)
     assert got is not None  # plain inserts: a row, or an exception
     for obj in (run, first):
         obj._state.adding = False
-        obj._state.db = connection.alias
+        obj._state.db = db.alias
     first.pk = got[0]
 
 
@@ -294,12 +325,12 @@ def _claim_statement() -> str:
     )
 
 
-def _hydrate(model: type[Model], fields: list[Field[Any, Any]], values: Any) -> Any:
+def _hydrate(db: BaseDatabaseWrapper, model: type[Model], fields: list[Field[Any, Any]], values: Any) -> Any:
     converted = []
     for f, value in zip(fields, values, strict=True):
         from_db = getattr(f, "from_db_value", None)
-        converted.append(from_db(value, None, connection) if from_db is not None and value is not None else value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+        converted.append(from_db(value, None, db) if from_db is not None and value is not None else value)
+    return model.from_db(db.alias, [f.attname for f in fields], converted)
 
 
 @functools.cache
@@ -320,23 +351,25 @@ def workflow(name: str, workspace_id: int | None, version: int | None) -> Workfl
     params: list[Any] = [DEFAULT_WORKSPACE_SLUG if workspace_id is None else workspace_id, name]
     if version:
         params.append(version)
-    got = _execute(_workflow_statement(bool(version), workspace_id is None), params)
+    db = _db()
+    got = _execute(db, _workflow_statement(bool(version), workspace_id is None), params)
     if got is None:
         return None
     _, _, workflows = _claim_fields()
-    return _hydrate(Workflow, workflows, got)
+    return _hydrate(db, Workflow, workflows, got)
 
 
 def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepExecution | None:
     """Claim ``step_id`` for ``owner`` (None: a duplicate or stale doorbell), in one statement."""
     params = [step_id, StepStatus.RUNNING, owner, t + timedelta(seconds=lease_seconds), t, StepStatus.READY]
-    got = _execute(_claim_statement(), params)
+    db = _db()
+    got = _execute(db, _claim_statement(), params)
     if got is None:
         return None
     steps, runs, workflows = _claim_fields()
-    row: StepExecution = _hydrate(StepExecution, steps, got[:len(steps)])
-    run: Run = _hydrate(Run, runs, got[len(steps):len(steps) + len(runs)])
-    run.workflow = _hydrate(Workflow, workflows, got[len(steps) + len(runs):])
+    row: StepExecution = _hydrate(db, StepExecution, steps, got[:len(steps)])
+    run: Run = _hydrate(db, Run, runs, got[len(steps):len(steps) + len(runs)])
+    run.workflow = _hydrate(db, Workflow, workflows, got[len(steps) + len(runs):])
     row.run = run
     return row
 
