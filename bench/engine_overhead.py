@@ -139,8 +139,7 @@ class Cluster:
                             for i in range(workers)]
             schedule = tempfile.mkdtemp(prefix="bench-beat-") + "/schedule"
             self.beat: Proc | None = Proc("stevora-beat", [sys.executable, "-m", "celery", "-A", "stevora_project",
-                                                           "beat", "-s", schedule, "-l", "WARNING"], env,
-                                          ready=False)
+                                                           "beat", "-s", schedule, "-l", "WARNING"], env)
         else:
             queue = env["BENCH_RAW_QUEUE"]
             self.workers = [Proc(f"raw-w{i}", _worker_argv("bench.raw_chain", queue, f"bench-raw{i}"), env)
@@ -157,6 +156,67 @@ class Cluster:
     def stop(self) -> None:
         for proc in [*self.workers, *([self.beat] if self.beat else [])]:
             proc.stop()
+
+
+# --- CPU accounting ------------------------------------------------------------------
+
+
+def _cpu_by_process() -> dict[int, tuple[str, int, float]]:
+    """pid -> (command name, process group, CPU seconds so far), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is the state
+        found[int(entry.name)] = (raw[raw.index("(") + 1:raw.rindex(")")], int(fields[2]),
+                                  (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+class CpuMeter:
+    """CPU time spent during a phase by each part: the system's workers (with their pool
+    children), its beat, this driver, every PostgreSQL process and Redis."""
+
+    PARTS = ("worker-main", "worker-pool", "beat", "driver", "postgres", "redis")
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.workers = {p.pid for p in cluster.workers}
+        self.beat = cluster.beat.pid if cluster.beat is not None else None
+
+    def _part(self, pid: int, comm: str, pgid: int) -> str | None:
+        if pid == os.getpid():
+            return "driver"
+        if pgid in self.workers:  # the worker's main process leads its group; the rest is its pool
+            return "worker-main" if pid == pgid else "worker-pool"
+        if pgid == self.beat:
+            return "beat"
+        if comm == "postgres":
+            return "postgres"
+        if comm.startswith("redis-server"):
+            return "redis"
+        return None
+
+    def _totals(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.PARTS, 0.0)
+        for pid, (comm, pgid, cpu) in _cpu_by_process().items():
+            part = self._part(pid, comm, pgid)
+            if part is not None:
+                totals[part] += cpu
+        return totals
+
+    def __enter__(self) -> CpuMeter:
+        self.before = self._totals()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = self._totals()
+        self.spent = {part: after[part] - self.before[part] for part in self.PARTS}
 
 
 # --- Stevora -------------------------------------------------------------------------
@@ -440,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Redis {args.broker_url}", flush=True)
 
     results: dict[str, dict[str, list[float]]] = {k: {"step": [], "tput": []} for k in ("stevora", "raw")}
+    cpu: dict[str, dict[str, float]] = {k: dict.fromkeys(CpuMeter.PARTS, 0.0) for k in ("stevora", "raw")}
     fast = [0, 0]
     reused = True
     try:
@@ -457,12 +518,16 @@ def main(argv: list[str] | None = None) -> int:
                         before = worker_backends()
                         steps = stevora_sequential(args.runs)
                         reused = reused and before <= worker_backends()
-                        tput = stevora_burst(args.burst)
+                        with CpuMeter(stevora) as meter:
+                            tput = stevora_burst(args.burst)
                         share = fast_path_share(since)
                         fast = [fast[0] + share[0], fast[1] + share[1]]
                     else:
                         steps = raw_sequential(args.runs)
-                        tput = raw_burst(args.burst)
+                        with CpuMeter(raw) as meter:
+                            tput = raw_burst(args.burst)
+                    for part, seconds in meter.spent.items():
+                        cpu[kind][part] += seconds
                     results[kind]["step"].append(statistics.median(steps))
                     results[kind]["tput"].append(tput)
                     print(f"  round {round_no + 1} {kind:8s} per-step {_ms(statistics.median(steps))} ms "
@@ -488,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'    ratio per round (a), (b)':40s} {' '.join(f'{x:.2f}' for x in step_ratios)}; "
                   f"{' '.join(f'{x:.2f}' for x in tput_ratios)} (medians {statistics.median(step_ratios):.2f}, "
                   f"{statistics.median(tput_ratios):.2f})")
+            for kind in ("stevora", "raw"):
+                per_step = {part: seconds / (args.burst * STEPS * args.repeat) * 1000
+                            for part, seconds in cpu[kind].items()}
+                print(f"{'    CPU per step in (b), ' + kind + ' (ms)':40s} {sum(per_step.values()):>10.3f} = "
+                      + ", ".join(f"{part} {ms:.3f}" for part, ms in per_step.items()))
             print(f"fast path: {fast[0]}/{fast[1]} task steps claimed by the worker that committed their "
                   f"predecessor (no broker message); worker DB connections reused across tasks: "
                   f"{'yes' if reused else 'NO'}")

@@ -15,8 +15,9 @@ app.autodiscover_tasks(["steps"])
 
 @app.on_after_configure.connect
 def _ready_file_hook(sender: Celery, **kwargs: object) -> None:
-    """Test harnesses wait for STEVORA_READY_FILE to appear once the worker consumes."""
-    from celery.signals import worker_ready
+    """Test harnesses and benchmarks wait for STEVORA_READY_FILE to appear once the worker
+    consumes (or beat has started)."""
+    from celery.signals import beat_init, worker_ready
 
     ready_file = os.environ.get("STEVORA_READY_FILE")
     if not ready_file:
@@ -27,3 +28,4 @@ def _ready_file_hook(sender: Celery, **kwargs: object) -> None:
             fh.write(str(os.getpid()))
 
     worker_ready.connect(touch, weak=False)
+    beat_init.connect(touch, weak=False)
