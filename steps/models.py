@@ -38,8 +38,9 @@ class StepExecution(models.Model):
     items); the pair (run, key) is unique, so a step result can be recorded only once.
     """
 
-    # Indexed by step_run_id and step_unique_key_per_run, both led by run_id: the foreign
-    # key's own index would be a third index entry to write at every step insert and update.
+    # Indexed by step_unique_key_per_run (run, key): a run's steps are found through it (and
+    # sorted by id, a few hundred rows at most but for big maps). Every other index on
+    # run_id would be one more entry to write at every step insert and update.
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="steps", db_index=False)
     key = models.CharField(max_length=255)
     name = models.CharField(max_length=200)
@@ -89,8 +90,6 @@ class StepExecution(models.Model):
             # runs.reconciler: waiting steps whose timer or timeout is due.
             models.Index(fields=["wake_at"], condition=Q(status="waiting", wake_at__isnull=False),
                          name="step_waiting_wake_idx"),
-            # show_run / admin timeline: a run's steps in order.
-            models.Index(fields=["run", "id"], name="step_run_id"),
             # joins and cascades: a fan-out parent's children.
             models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="step_parent_idx"),
         ]
