@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.support.procs import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/stevora_bench"
@@ -66,61 +66,10 @@ def ensure_database(db_url: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-class Proc:
-    """A subprocess in its own session (process group), so SIGKILL takes the worker and its pool."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: bool = True) -> None:
-        self.name, self.argv, self.env, self.wait_ready = name, argv, env, ready
-        self.proc: subprocess.Popen[bytes] | None = None
-        fd, self.log_path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
-        os.close(fd)
-        self.ready_file = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".ready")[1])
-
-    def start(self, timeout: float = 60.0) -> Proc:
-        self.ready_file.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**self.env, "STEVORA_READY_FILE": str(self.ready_file)},
-                                         start_new_session=True)
-        if self not in _procs:
-            _procs.append(self)
-        deadline = time.monotonic() + timeout
-        while self.wait_ready and not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log {self.log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not ready after {timeout}s; log {self.log_path}")
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            self.kill()
-
-    def owns(self, pid: int) -> bool:
-        try:
-            return self.proc is not None and self.proc.poll() is None and os.getpgid(pid) == self.proc.pid
-        except ProcessLookupError:
-            return False
+def _proc(name: str, argv: list[str], env: dict[str, str]) -> Proc:
+    proc = Proc(argv, env, f"bench-{name}")
+    _procs.append(proc)
+    return proc
 
 
 def _worker_argv(app: str, queue: str, node: str) -> list[str]:
@@ -135,14 +84,14 @@ class Cluster:
         self.kind = kind
         if kind == "stevora":
             queue = env["STEVORA_QUEUE"]
-            self.workers = [Proc(f"stevora-w{i}", _worker_argv("stevora_project", queue, f"bench-stevora{i}"), env)
+            self.workers = [_proc(f"stevora-w{i}", _worker_argv("stevora_project", queue, f"bench-stevora{i}"), env)
                             for i in range(workers)]
             schedule = tempfile.mkdtemp(prefix="bench-beat-") + "/schedule"
-            self.beat: Proc | None = Proc("stevora-beat", [sys.executable, "-m", "celery", "-A", "stevora_project",
+            self.beat: Proc | None = _proc("stevora-beat", [sys.executable, "-m", "celery", "-A", "stevora_project",
                                                            "beat", "-s", schedule, "-l", "WARNING"], env)
         else:
             queue = env["BENCH_RAW_QUEUE"]
-            self.workers = [Proc(f"raw-w{i}", _worker_argv("bench.raw_chain", queue, f"bench-raw{i}"), env)
+            self.workers = [_proc(f"raw-w{i}", _worker_argv("bench.raw_chain", queue, f"bench-raw{i}"), env)
                             for i in range(workers)]
             self.beat = None
 
@@ -155,7 +104,7 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in [*self.workers, *([self.beat] if self.beat else [])]:
-            proc.stop()
+            proc.stop(timeout=10)
 
 
 # --- CPU accounting ------------------------------------------------------------------

@@ -80,6 +80,8 @@ def test_registering_two_functions_under_one_name_is_refused() -> None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
+        # Recorded before answering: the client may read the answer before this thread goes on.
+        type(self).seen_keys.append(self.headers.get("Idempotency-Key"))
         status = 503 if self.path == "/busy" else 200
         body = b'{"hello": "world"}'
         self.send_response(status)
@@ -87,7 +89,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        type(self).seen_keys.append(self.headers.get("Idempotency-Key"))
 
     seen_keys: list[str | None] = []
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
+from .procs import ROOT, Proc
+
+__all__ = ["ROOT", "Proc", "celery_worker", "engine_process", "subprocess_env", "wait_until"]
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
@@ -34,67 +33,6 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(overrides)
     return env
-
-
-class Proc:
-    """A worker (or engine) subprocess in its own process group, so SIGKILL takes all of it."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
-        self.argv = argv
-        self.env = env
-        self.name = name
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix=f"stevora-{name}-", suffix=".log")[1])
-        self.ready_file = Path(tempfile.mkstemp(prefix=f"stevora-{name}-", suffix=".ready")[1])
-
-    def start(self, timeout: float = 30.0) -> Proc:
-        self.ready_file.unlink(missing_ok=True)
-        env = {**self.env, "STEVORA_READY_FILE": str(self.ready_file)}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (the worker, its pool children, an embedded beat)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            self.kill()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def celery_worker(concurrency: int = 2, beat: bool = True, env: dict[str, str] | None = None) -> Proc:
