@@ -334,6 +334,28 @@ def _hydrate(db: BaseDatabaseWrapper, model: type[Model], fields: list[Field[Any
 
 
 @functools.cache
+def _lock_statement() -> str:
+    """``engine.lock_run``: the run row locked (FOR UPDATE), with its workflow."""
+    qn = connection.ops.quote_name
+    _, runs, workflows = _claim_fields()
+    return (f"SELECT {_columns('r', Run, runs)}, {_columns('w', Workflow, workflows)} "
+            f"FROM {qn(Run._meta.db_table)} r JOIN {qn(Workflow._meta.db_table)} w "
+            f"ON w.{qn('id')} = r.{qn('workflow_id')} WHERE r.{qn('id')} = $1 FOR UPDATE OF r")
+
+
+def lock_run(run_id: Any) -> Run | None:
+    """Lock the run inside the caller's transaction and return it (None: no such run)."""
+    db = _db()
+    got = _execute(db, _lock_statement(), [run_id])
+    if got is None:
+        return None
+    _, runs, workflows = _claim_fields()
+    run: Run = _hydrate(db, Run, runs, got[:len(runs)])
+    run.workflow = _hydrate(db, Workflow, workflows, got[len(runs):])
+    return run
+
+
+@functools.cache
 def _workflow_statement(by_version: bool, default_workspace: bool) -> str:
     """``services.resolve_workflow``'s query: the latest (or the given) version of a name."""
     qn = connection.ops.quote_name

@@ -90,8 +90,10 @@ class StepExecution(models.Model):
             # runs.reconciler: waiting steps whose timer or timeout is due.
             models.Index(fields=["wake_at"], condition=Q(status="waiting", wake_at__isnull=False),
                          name="step_waiting_wake_idx"),
-            # joins and cascades: a fan-out parent's children.
-            models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="step_parent_idx"),
+            # joins and cascades: a fan-out parent's children; a map's open items by status,
+            # the next pending ones in item order.
+            models.Index(fields=["parent", "status", "item_index"], condition=Q(parent__isnull=False),
+                         name="step_parent_idx"),
         ]
         ordering = ["id"]
 

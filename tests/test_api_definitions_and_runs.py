@@ -200,7 +200,8 @@ def test_retry_from_the_failed_step_and_the_step_shows_its_attempts(engine: Any,
     assert [a["outcome"] for a in step["attempt_history"]] == ["retry_scheduled", "failed"]
     assert step["attempt_history"][0]["attempt"] == 1 and step["llm_calls"] == []
     retried = api.post(f"/api/v1/runs/{run_id}/retry/", {}, format="json")
-    assert retried.status_code == 200 and retried.json()["status"] == "running"
+    # The answer shows the run as it is when read back: a fast worker may have finished it.
+    assert retried.status_code == 200 and retried.json()["status"] in ("running", "completed")
     assert wait_for_run(run_id).status == "completed"
     step = api.get(f"/api/v1/runs/{run_id}/steps/flaky/").json()
     assert step["attempt_history"][-1]["outcome"] == "completed" and step["status"] == "completed"
