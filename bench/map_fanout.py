@@ -1,0 +1,109 @@
+"""Map fan-out: what one map item costs, and whether that grows with the size of the map.
+
+A workflow with one ``map`` step over n no-op items (``max_concurrency`` 20) is run to
+completion in this process (``steps.executor.process_step`` on each ready item; no broker,
+no worker), for several n. Each item is claimed, executed and committed through the
+general path: the run locked, the item completed, the map's join consulted, the next
+pending item promoted, all in one transaction. The baseline, measured in the same run, is
+a step of a sequential workflow of 10 no-op steps through the same loop.
+
+It prints the time per item for each n, the ratio to the sequential step, and the ratio of
+the largest map's per-item time to the smallest's (1.0: an item costs the same whatever the
+size of its map). Never a test; results go in docs/benchmarks.md.
+
+    .venv/bin/python -m bench.map_fanout                         # n = 100, 1000, 3000 on PostgreSQL
+    .venv/bin/python -m bench.map_fanout --sizes 100,10000 --database-url postgres://…/db
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/stevora_bench"
+QUEUE = "bench-map-unconsumed"  # promotions publish doorbells; nobody listens, the queue is dropped
+
+
+def run_to_end(run_id: Any) -> None:
+    """Process every ready step of the run here until none is left."""
+    from steps.executor import process_step
+    from steps.models import StepExecution
+
+    while True:
+        ready = list(StepExecution.objects.filter(run_id=run_id, status="ready").order_by("id")
+                     .values_list("pk", flat=True)[:200])
+        if not ready:
+            return
+        for step_id in ready:
+            process_step(step_id)
+
+
+def timed_run(name: str, run_input: dict[str, Any]) -> float:
+    from runs.models import Run
+    from runs.services import start_run
+
+    t0 = time.perf_counter()
+    run = start_run(name, run_input).run
+    run_to_end(run.pk)
+    elapsed = time.perf_counter() - t0
+    status = Run.objects.values_list("status", flat=True).get(pk=run.pk)
+    if status != "completed":
+        raise RuntimeError(f"run {run.pk} ended {status}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000,3000", help="map sizes, comma-separated [100,1000,3000]")
+    parser.add_argument("--max-concurrency", type=int, default=20)
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/7"))
+    args = parser.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+
+    os.environ.update(DATABASE_URL=args.database_url, CELERY_BROKER_URL=args.broker_url, STEVORA_QUEUE=QUEUE,
+                      STEVORA_HANDLER_MODULES="bench.handlers", DJANGO_SETTINGS_MODULE="stevora_project.settings")
+    from bench.engine_overhead import ensure_database
+
+    ensure_database(args.database_url)
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+
+    from runs.services import load_workflow
+
+    call_command("migrate", verbosity=0)
+    load_workflow({"name": "bench-map", "steps": [
+        {"name": "each", "type": "map", "over": "{{ input.items }}", "max_concurrency": args.max_concurrency,
+         "step": {"type": "task", "handler": "bench.noop"}}]})
+    load_workflow({"name": "bench-noop10", "steps": [
+        {"name": f"s{i}", "type": "task", "handler": "bench.noop"} for i in range(10)]})
+    try:
+        for _ in range(5):  # warm up: connections, prepared statements, caches
+            timed_run("bench-noop10", {})
+        timed_run("bench-map", {"items": list(range(20))})
+        sequential = min(timed_run("bench-noop10", {}) for _ in range(20)) / 10
+        print(f"map fan-out: max_concurrency {args.max_concurrency}; PostgreSQL "
+              f"{args.database_url.rsplit('/', 1)[1]}; items processed in this process")
+        print(f"{'':28s} {'ms / item':>10s} {'/ sequential step':>18s}")
+        print(f"{'sequential step (baseline)':28s} {sequential * 1000:>10.2f} {1.0:>18.2f}")
+        per_item = {}
+        for n in sizes:
+            per_item[n] = timed_run("bench-map", {"items": list(range(n))}) / n
+            print(f"{f'map of {n} items':28s} {per_item[n] * 1000:>10.2f} {per_item[n] / sequential:>18.2f}",
+                  flush=True)
+        if len(sizes) > 1:
+            print(f"growth: an item of a {sizes[-1]}-item map costs {per_item[sizes[-1]] / per_item[sizes[0]]:.2f}x "
+                  f"an item of a {sizes[0]}-item map")
+    finally:
+        redis.Redis.from_url(args.broker_url).delete(QUEUE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
