@@ -7,6 +7,7 @@ class EventsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import tasks  # noqa: F401 - register the Celery task
         from .step_type import register_event_type
 
         register_event_type()

@@ -173,6 +173,7 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
 # reuse it; a new PostgreSQL connection per step costs about a third of the speed.
 # We keep connections (CONN_MAX_AGE + health checks) and close only broken ones.
 CELERY_DB_REUSE_MAX = 1_000_000
+EVENT_PURGE_SECONDS = env_float("STEVORA_EVENT_PURGE_SECONDS", 3600.0, minimum=0.05)
 CELERY_BEAT_SCHEDULE = {
     "stevora-reconcile": {
         "task": "steps.reconcile",
@@ -185,6 +186,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("STEVORA_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.05),
         "options": {"expires": 30},
     },
+    # events.tasks: external events past their retention (EVENT_RETENTION_SECONDS) are deleted.
+    "stevora-event-purge": {
+        "task": "events.purge",
+        "schedule": EVENT_PURGE_SECONDS,
+        "options": {"expires": 300},
+    },
 }
 
 # --- Stevora engine -----------------------------------------------------------
@@ -195,6 +202,10 @@ STEVORA: dict[str, Any] = {
     "LEASE_SECONDS": env_float("STEVORA_LEASE_SECONDS", 30.0, minimum=0.5),
     # How often the reconciler sweeps (and, embedded, polls for runs started elsewhere).
     "RECONCILE_SECONDS": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
+    # External events are kept this long (a wait may start after its event arrived);
+    # the purge runs every STEVORA_EVENT_PURGE_SECONDS (beat, or runengine embedded).
+    "EVENT_RETENTION_SECONDS": env_float("STEVORA_EVENT_RETENTION_SECONDS", 7 * 86400.0, minimum=0),
+    "EVENT_PURGE_SECONDS": EVENT_PURGE_SECONDS,
     # A ready step whose doorbell is older than this is rung again.
     "REDISPATCH_SECONDS": env_float("STEVORA_REDISPATCH_SECONDS", 15.0, minimum=0.1),
     # Lease expiries a step may suffer before it is dead-lettered.

@@ -164,6 +164,19 @@ def test_expired_events_are_purged_and_bad_payloads_refused_by_the_command(db: A
         call_command("send_event", "ping", "--payload", "{nope")
 
 
+def test_the_engine_purges_expired_events_on_its_own_schedule(fresh_engine: Any) -> None:
+    # Beat's events.purge on PostgreSQL + Redis (the worker runs with -B), runengine's own
+    # loop on the embedded default; STEVORA_EVENT_PURGE_SECONDS makes "hourly" quick here.
+    from tests.support.workers import wait_until
+
+    kept = deliver_event("ping", key="k").event
+    old = deliver_event("ping", key="k").event
+    Event.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    fresh_engine(STEVORA_EVENT_PURGE_SECONDS="0.5")
+    wait_until(lambda: not Event.objects.filter(pk=old.pk).exists(), timeout=20, message="the expired event to go")
+    assert list(Event.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
 def test_a_retried_run_waits_again_for_an_event_its_failure_cancelled(engine: Any, workflow: Any) -> None:
     from runs.services import retry_run
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from django.apps import apps
@@ -17,10 +18,19 @@ logger = logging.getLogger("stevora.engine")
 
 
 def reconcile_forever(interval: float, stop: threading.Event) -> None:
+    """The reconciler's sweep every ``interval``; what beat schedules besides it (the purge
+    of expired external events) when it is due."""
+    purge_every = settings.STEVORA["EVENT_PURGE_SECONDS"]
+    next_purge = time.monotonic() + purge_every
     while not stop.wait(interval):
         try:
             close_old_connections()
             sweep()
+            if apps.is_installed("events") and time.monotonic() >= next_purge:
+                from events.services import purge_expired_events
+
+                next_purge = time.monotonic() + purge_every
+                purge_expired_events()
         except Exception:
             logger.exception("reconciler sweep failed; trying again")
             connection.close()
