@@ -51,6 +51,21 @@ def _session_engine(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Pr
     proc = make_engine().start()
     yield proc
     proc.stop()
+    with django_db_blocker.unblock():
+        _close_other_sessions()
+
+
+def _close_other_sessions() -> None:
+    """Worker processes this session started may still be on their way out (a pool child
+    outlives its SIGTERMed parent by a moment): end their PostgreSQL sessions, so the test
+    database can be dropped."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture
