@@ -1,4 +1,4 @@
-"""The hot path's commit in one SQL statement (PostgreSQL).
+"""The hot paths in one SQL statement each (PostgreSQL), as prepared statements.
 
 The common case of a sequential workflow: a ``task`` step at the top level completes
 and its successor is a work step that no jump can bring round again. The general
@@ -31,12 +31,17 @@ Why it is the same protocol (DESIGN §4):
 
 The same way, ``commit_and_finish`` completes the last step of a plain top-level run
 together with the run (``engine.finish_run``'s UPDATE; the status signal is sent by the
-caller after the statement), and ``claim`` is the claim's conditional UPDATE returning
-the row joined to its run and workflow. Everything else takes the general paths; SQLite
-(embedded) always does.
+caller after the statement), ``claim`` is the claim's conditional UPDATE returning the
+row joined to its run and workflow, ``start`` inserts a new run with its first step and
+history (``services.start_run``), and ``workflow`` and ``lock_run`` are the two queries
+every start and every general-path commit open with. Everything else takes the general
+paths; SQLite (embedded) always does. ``tests/test_postgres_hot_paths.py`` runs a
+workflow both ways and compares every row.
 
-Rows are built by the models' own fields (``pre_save``/``get_db_prep_save``), so new
-columns with Python defaults are filled here too.
+Each statement's text is fixed, so psycopg prepares it on the server once per connection
+(``_execute``; ``STEVORA_DB_PREPARED_STATEMENTS``). Rows are built from model instances
+by the models' own fields (``pre_save`` for defaults and ``auto_now``; ``get_db_prep_save``
+for JSON and decimals), so new columns with Python defaults are filled here too.
 """
 
 from __future__ import annotations
