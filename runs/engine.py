@@ -75,8 +75,11 @@ class Effects:
         for fn in self.after_commit:
             fn()
         if self.status_changes:
+            from steps.dispatch import fault_point
+
             from .signals import run_status_changed
 
+            fault_point("before_notices")  # crash tests: committed, no receiver has run
             for run_id, status in self.status_changes:
                 run_status_changed.send(sender=Run, run_id=run_id, status=status)
 

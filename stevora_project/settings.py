@@ -224,6 +224,9 @@ STEVORA: dict[str, Any] = {
     # The admin's address in links sent out by webhooks (approval notices).
     "PUBLIC_URL": (env_str("STEVORA_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
     "WEBHOOK_MAX_ATTEMPTS": env_int("STEVORA_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+    # The notice sweep announces history rows this old that have no delivery yet (a process
+    # killed between a run's commit and its notice); longer than any transaction that writes one.
+    "NOTICE_SETTLE_SECONDS": env_float("STEVORA_NOTICE_SETTLE_SECONDS", 10.0, minimum=0),
     "WEBHOOK_TIMEOUT_SECONDS": env_float("STEVORA_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
     # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
     "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),

@@ -221,3 +221,51 @@ def test_the_engine_sends_run_completed_and_approval_notices_with_retries(fresh_
         body = check_signature(next(r for r in receiver.requests if r["path"] == path))
         assert body["type"] == "approval.requested" and body["data"]["approval"]["id"] == approval.pk
         assert body["data"]["links"]["decide"].endswith(f"/admin/approvals/approval/{approval.pk}/decide/")
+
+
+def test_a_notice_lost_to_a_crash_after_the_commit_is_sent_by_the_sweep(fresh_engine: Any, receiver: Receiver,
+                                                                       tmp_path: Any) -> None:
+    from webhooks.notices import sweep_notices
+
+    sweep_notices()  # the sweep's cursor starts at the end of the history as it is now
+    WebhookSubscription.objects.create(workspace=Workspace.default(), url=receiver.url + "/runs", secret=SECRET,
+                                       events=[EventType.RUN_COMPLETED])
+    died = tmp_path / "died"
+    env = {"STEVORA_HTTP_ALLOW_PRIVATE": "true", "STEVORA_WEBHOOK_SECRET": SECRET,
+           "STEVORA_WEBHOOK_SWEEP_SECONDS": "0.3", "STEVORA_NOTICE_SETTLE_SECONDS": "0.5"}
+    # The process that commits the run's end is SIGKILLed before any receiver runs.
+    engine = fresh_engine(**env, STEVORA_FAULT_POINT="before_notices", STEVORA_FAULT_ONCE_FILE=str(died))
+    load_workflow(three_steps())
+    run = start_run("api-three", {"topic": "x"}).run
+    assert wait_for_run(run.pk).status == "completed"
+    wait_until(died.exists, timeout=10, message="the fault point to be reached")
+    assert not WebhookDelivery.objects.exists()  # nothing was queued before the kill
+    if not engine.alive():  # embedded: that was the whole engine (a prefork pool replaces its child)
+        fresh_engine(**env)
+    delivery = wait_until(lambda: WebhookDelivery.objects.filter(status=DeliveryStatus.SUCCEEDED).first(),
+                          timeout=30, message="the sweep to send the lost notice")
+    assert delivery.event == "run.completed" and delivery.attempts == 1
+    body = check_signature(next(r for r in receiver.requests if r["path"] == "/runs"))
+    assert body["data"]["run"]["id"] == str(run.pk) and body["data"]["run"]["status"] == "completed"
+    assert sweep_notices(settle_seconds=0) == 0  # announced once: the sweep does not write it again
+    assert WebhookDelivery.objects.count() == 1 and len(receiver.requests) == 1
+
+
+def test_the_receiver_and_the_sweep_write_one_delivery_per_notice(transactional_db: Any,
+                                                                  receiver: Receiver) -> None:
+    from runs.models import RunEvent
+    from webhooks.notices import announce, sweep_notices
+
+    sweep_notices()
+    early = WebhookSubscription.objects.create(workspace=Workspace.default(), url=receiver.url + "/early",
+                                               events=[EventType.RUN_WAITING])
+    load_workflow(approval_first())
+    run = start_run("api-approval", {"topic": "x"}).run  # parks at once: run.waiting, announced by the receiver
+    assert list(WebhookDelivery.objects.values_list("subscription_id", flat=True)) == [early.pk]
+    row = RunEvent.objects.get(run_id=run.pk, kind="run_waiting")
+    with_later = WebhookSubscription.objects.create(workspace=Workspace.default(), url=receiver.url + "/later",
+                                                    events=[EventType.RUN_WAITING])
+    assert announce(row) == 1  # asked again: the early subscriber's delivery exists; the later one hears nothing
+    assert sweep_notices(settle_seconds=0) == 0
+    assert list(WebhookDelivery.objects.values_list("url", flat=True)) == [early.url]
+    assert not WebhookDelivery.objects.filter(url=with_later.url).exists()

@@ -58,14 +58,22 @@ def check_url(url: str) -> None:
                                  "set STEVORA_HTTP_ALLOW_PRIVATE=true to allow it")
 
 
+def new_delivery(*, workspace_id: int, url: str, event: str, data: dict[str, Any],
+                 subscription_id: int | None = None, source_event: int | None = None) -> WebhookDelivery:
+    """A delivery row, not saved yet: due now, its payload carrying its own id."""
+    delivery = WebhookDelivery(workspace_id=workspace_id, subscription_id=subscription_id, url=url, event=event,
+                               payload={}, max_attempts=settings.STEVORA["WEBHOOK_MAX_ATTEMPTS"],
+                               next_attempt_at=timezone.now(), source_event=source_event)
+    delivery.payload = {"id": str(delivery.id), "type": event, "created_at": timezone.now().isoformat(),
+                        "data": data}
+    return delivery
+
+
 def enqueue(*, workspace_id: int, url: str, event: str, data: dict[str, Any], subscription_id: int | None = None,
             ) -> WebhookDelivery:
     """Record a delivery (call inside or outside a transaction); it is sent after commit."""
-    delivery = WebhookDelivery(workspace_id=workspace_id, subscription_id=subscription_id, url=url, event=event,
-                               payload={}, max_attempts=settings.STEVORA["WEBHOOK_MAX_ATTEMPTS"],
-                               next_attempt_at=timezone.now())
-    delivery.payload = {"id": str(delivery.id), "type": event, "created_at": timezone.now().isoformat(),
-                        "data": data}
+    delivery = new_delivery(workspace_id=workspace_id, url=url, event=event, data=data,
+                            subscription_id=subscription_id)
     delivery.save(force_insert=True)
     delivery_id = delivery.pk
     transaction.on_commit(lambda: ring(delivery_id))
@@ -209,6 +217,9 @@ def sweep_forever(stop: Any) -> None:
     while not stop.wait(interval):
         try:
             close_old_connections()
+            from .notices import sweep_notices
+
+            sweep_notices()
             sweep_due(inline=True)
         except Exception:
             logger.exception("webhook sweep failed; trying again")

@@ -83,10 +83,17 @@ class WebhookDelivery(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The run history row (runs.RunEvent id) this notice announces: at most one delivery
+    # per row and URL, whether the post-commit receiver or the notice sweep wrote it.
+    source_event = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["source_event", "url"], condition=Q(source_event__isnull=False),
+                                    name="whdelivery_once_per_event_and_url"),
+        ]
         indexes = [
             # webhooks.delivery.sweep_due: pending deliveries whose attempt is due.
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="whdelivery_due_idx"),
@@ -96,3 +103,14 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → {self.url} ({self.status})"
+
+
+class NoticeCursor(models.Model):
+    """How far the notice sweep has read the run history (``webhooks.notices``)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    last_event_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at history row {self.last_event_id}"

@@ -1,4 +1,4 @@
-"""Celery tasks: one delivery attempt, and the sweep of due deliveries (beat)."""
+"""Celery tasks: one delivery attempt, and the sweep of missed notices and due deliveries (beat)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def deliver_task(delivery_id: str) -> None:
 
 @shared_task(name="webhooks.sweep", ignore_result=True)
 def sweep_task() -> int:
+    """Notices whose post-commit receiver never ran, then every due delivery."""
     from .delivery import sweep_due
+    from .notices import sweep_notices
 
+    sweep_notices()
     return sweep_due()
