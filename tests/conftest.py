@@ -36,12 +36,29 @@ def make_engine(**env: str) -> Proc:
 
 
 def purge_queue() -> None:
+    """Empty this session's queue, and forget the messages that workers SIGKILLed by a test
+    had reserved (Redis would hand them out again only after its visibility timeout, an
+    hour). Called when none of this session's workers is running."""
     if EMBEDDED:
         return
+    import json
+
+    import redis
+
     from stevora_project.celery import app
 
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)  # type: ignore[attr-defined]
+        conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, TypeError, IndexError):
+            continue
+        if routing_key == queue:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,10 @@ def sweep_notices(settle_seconds: float | None = None) -> int:
             return 0
         horizon = timezone.now() - timedelta(seconds=settle)
         last = cursor.last_event_id
+        # Run notices go only to subscriptions: with none active, only approval requests
+        # (a step's own webhook, the global URL) can call for a delivery.
+        kinds = set(NOTICE_KINDS) if WebhookSubscription.objects.filter(active=True).exists() else {
+            "approval_requested"}
         while True:
             rows = list(RunEvent.objects.filter(pk__gt=last).order_by("pk")
                         .values_list("pk", "kind", "created_at")[:BATCH])
@@ -147,7 +151,7 @@ def sweep_notices(settle_seconds: float | None = None) -> int:
                     rows = []  # a row still too young: stop here, it is the next sweep's
                     break
                 last = pk
-                if kind in NOTICE_KINDS:
+                if kind in kinds:
                     settled.append(pk)
             if settled:
                 announced = set(WebhookDelivery.objects.filter(source_event__in=settled)
