@@ -112,60 +112,64 @@ def announce(row: RunEvent) -> int:
     return len(deliveries)
 
 
-def _cursor() -> NoticeCursor | None:
-    """The sweep's cursor, locked; made at the history's current end the first time (older
-    rows had their chance with the receivers). None when another sweep is making it."""
-    cursor = NoticeCursor.objects.select_for_update().filter(name=CURSOR).first()
-    if cursor is not None:
-        return cursor
+def _cursor_position() -> int:
+    """Where the sweep's cursor stands; made at the history's current end the first time
+    (older rows had their chance with the receivers)."""
+    position = NoticeCursor.objects.filter(name=CURSOR).values_list("last_event_id", flat=True).first()
+    if position is not None:
+        return position
     end = RunEvent.objects.aggregate(end=Max("id"))["end"] or 0
     try:
         with transaction.atomic():
-            return NoticeCursor.objects.create(name=CURSOR, last_event_id=end)
-    except IntegrityError:
-        return None
+            NoticeCursor.objects.create(name=CURSOR, last_event_id=end)
+    except IntegrityError:  # another sweep made it first
+        return NoticeCursor.objects.values_list("last_event_id", flat=True).get(name=CURSOR)
+    return end
 
 
 def sweep_notices(settle_seconds: float | None = None) -> int:
-    """Announce the settled history rows past the cursor that have no delivery yet, and move
-    the cursor past them. Safe to run twice at once (the cursor row is locked). Returns how
-    many deliveries it wrote."""
+    """Announce the settled history rows past the cursor that have no delivery yet, then
+    move the cursor past them. Returns how many deliveries it wrote.
+
+    No transaction spans the sweep (it would hold locks on four tables for its length):
+    each row is announced in a transaction of its own. Two sweeps at once may both look at
+    a row; the unique (history row, URL) lets one write it, and the cursor only moves forward.
+    """
     settle = settings.STEVORA["NOTICE_SETTLE_SECONDS"] if settle_seconds is None else settle_seconds
+    horizon = timezone.now() - timedelta(seconds=settle)
+    start = last = _cursor_position()
+    # Run notices go only to subscriptions: with none active, only approval requests
+    # (a step's own webhook, the global URL) can call for a delivery.
+    kinds = set(NOTICE_KINDS) if WebhookSubscription.objects.filter(active=True).exists() else {
+        "approval_requested"}
     written = 0
-    with transaction.atomic():
-        cursor = _cursor()
-        if cursor is None:
-            return 0
-        horizon = timezone.now() - timedelta(seconds=settle)
-        last = cursor.last_event_id
-        # Run notices go only to subscriptions: with none active, only approval requests
-        # (a step's own webhook, the global URL) can call for a delivery.
-        kinds = set(NOTICE_KINDS) if WebhookSubscription.objects.filter(active=True).exists() else {
-            "approval_requested"}
-        while True:
-            rows = list(RunEvent.objects.filter(pk__gt=last).order_by("pk")
-                        .values_list("pk", "kind", "created_at")[:BATCH])
-            settled = []
-            for pk, kind, created_at in rows:
-                if created_at > horizon:
-                    rows = []  # a row still too young: stop here, it is the next sweep's
-                    break
-                last = pk
-                if kind in kinds:
-                    settled.append(pk)
-            if settled:
-                announced = set(WebhookDelivery.objects.filter(source_event__in=settled)
-                                .values_list("source_event", flat=True))
-                for row in RunEvent.objects.filter(pk__in=[pk for pk in settled if pk not in announced]):
-                    count = announce(row)
-                    if count:
-                        logger.warning("notice %s of run %s had no delivery: %d written by the sweep",
-                                       row.kind, row.run_id, count)
-                    written += count
-            if len(rows) < BATCH:
+    while True:
+        rows = list(RunEvent.objects.filter(pk__gt=last).order_by("pk").values_list("pk", "kind", "created_at")
+                    [:BATCH])
+        settled = []
+        young = False
+        for pk, kind, created_at in rows:
+            if created_at > horizon:
+                young = True  # this row and the rest are the next sweep's
                 break
-        if last != cursor.last_event_id:
-            NoticeCursor.objects.filter(name=CURSOR).update(last_event_id=last, updated_at=timezone.now())
+            last = pk
+            if kind in kinds:
+                settled.append(pk)
+        if settled:
+            announced = set(WebhookDelivery.objects.filter(source_event__in=settled)
+                            .values_list("source_event", flat=True))
+            for row in RunEvent.objects.filter(pk__in=[pk for pk in settled if pk not in announced]):
+                with transaction.atomic():
+                    count = announce(row)
+                if count:
+                    logger.warning("notice %s of run %s had no delivery: %d written by the sweep",
+                                   row.kind, row.run_id, count)
+                written += count
+        if young or len(rows) < BATCH:
+            break
+    if last != start:
+        NoticeCursor.objects.filter(name=CURSOR, last_event_id__lt=last).update(
+            last_event_id=last, updated_at=timezone.now())
     return written
 
 
