@@ -100,15 +100,18 @@ def announce(row: RunEvent) -> int:
         return 0
     deliveries = [new_delivery(workspace_id=workspace_id, url=url, event=event, data=data, subscription_id=sub,
                                source_event=row.pk) for url, sub in targets]
-    # A row that the other path wrote already is left alone (whdelivery_once_per_event_and_url).
-    WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
     ids = [d.pk for d in deliveries]
 
     def ring_all() -> None:
         for delivery_id in ids:  # one that conflicted was not written: its doorbell claims nothing
             ring(delivery_id)
 
-    transaction.on_commit(ring_all)
+    # Only the write is a transaction (the reads above are single statements): a sweep never
+    # holds locks on several tables while it reads.
+    with transaction.atomic():
+        # A row that the other path wrote already is left alone (whdelivery_once_per_event_and_url).
+        WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+        transaction.on_commit(ring_all)
     return len(deliveries)
 
 
@@ -127,13 +130,29 @@ def _cursor_position() -> int:
     return end
 
 
+def _worth_announcing(pks: list[int]) -> list[RunEvent]:
+    """The history rows among ``pks`` that can call for a delivery: approval requests go to
+    subscribers and the global URL, or else only to their step's own webhook."""
+    rows = list(RunEvent.objects.filter(pk__in=pks).order_by("pk"))
+    if (settings.STEVORA.get("APPROVAL_WEBHOOK_URL") or not apps.is_installed("approvals")
+            or WebhookSubscription.objects.filter(active=True).exists()):
+        return rows
+    from approvals.models import Approval
+
+    asked = [row.data.get("approval_id") for row in rows if row.kind == "approval_requested"]
+    with_url = set(Approval.objects.filter(pk__in=[a for a in asked if isinstance(a, int)])
+                   .exclude(webhook_url="").values_list("pk", flat=True))
+    return [row for row in rows if row.kind != "approval_requested" or row.data.get("approval_id") in with_url]
+
+
 def sweep_notices(settle_seconds: float | None = None) -> int:
     """Announce the settled history rows past the cursor that have no delivery yet, then
     move the cursor past them. Returns how many deliveries it wrote.
 
-    No transaction spans the sweep (it would hold locks on four tables for its length):
-    each row is announced in a transaction of its own. Two sweeps at once may both look at
-    a row; the unique (history row, URL) lets one write it, and the cursor only moves forward.
+    No transaction spans the sweep (it would hold locks on several tables for its length):
+    reads are single statements, and each row's deliveries are written in a transaction of
+    their own. Two sweeps at once may both look at a row; the unique (history row, URL) lets
+    one write it, and the cursor only moves forward.
     """
     settle = settings.STEVORA["NOTICE_SETTLE_SECONDS"] if settle_seconds is None else settle_seconds
     horizon = timezone.now() - timedelta(seconds=settle)
@@ -158,9 +177,8 @@ def sweep_notices(settle_seconds: float | None = None) -> int:
         if settled:
             announced = set(WebhookDelivery.objects.filter(source_event__in=settled)
                             .values_list("source_event", flat=True))
-            for row in RunEvent.objects.filter(pk__in=[pk for pk in settled if pk not in announced]):
-                with transaction.atomic():
-                    count = announce(row)
+            for row in _worth_announcing([pk for pk in settled if pk not in announced]):
+                count = announce(row)
                 if count:
                     logger.warning("notice %s of run %s had no delivery: %d written by the sweep",
                                    row.kind, row.run_id, count)
@@ -176,7 +194,4 @@ def sweep_notices(settle_seconds: float | None = None) -> int:
 def announce_latest(run_id: Any, kind: str, **match: Any) -> int:
     """The receivers' path: announce the newest history row of ``kind`` for the run."""
     row = RunEvent.objects.filter(run_id=run_id, kind=kind, **match).order_by("-id").first()
-    if row is None:
-        return 0
-    with transaction.atomic():
-        return announce(row)
+    return 0 if row is None else announce(row)
