@@ -235,9 +235,9 @@ def _finished(run_ids: list[Any]) -> list[tuple[Any, str, Any]]:
     from runs.models import Run
 
     rows = list(Run.objects.filter(pk__in=run_ids).values_list("pk", "status", "finished_at"))
-    bad = [(pk, status) for pk, status, _ in rows if status != "completed"]
-    if bad or len(rows) != len(run_ids):
-        raise RuntimeError(f"{len(bad)} of {len(run_ids)} runs did not complete, e.g. {bad[:3]}")
+    if len(rows) != len(run_ids):
+        raise RuntimeError(f"only {len(rows)} of {len(run_ids)} runs exist")
+    _check_completed(rows)
     return rows
 
 

@@ -304,7 +304,9 @@ def _columns(alias: str, model: type[Model], fields: list[Field[Any, Any]]) -> s
 _WORKFLOW_FIELDS = ("id", "workspace", "name", "version", "content_hash", "created_at")
 
 
-def _claim_fields() -> tuple[list[Field[Any, Any]], list[Field[Any, Any]], list[Field[Any, Any]]]:
+@functools.cache
+def _selected_fields() -> tuple[list[Field[Any, Any]], list[Field[Any, Any]], list[Field[Any, Any]]]:
+    """The columns the claim, lock and workflow statements select: step, run, workflow."""
     workflow = [Workflow._meta.get_field(name) for name in _WORKFLOW_FIELDS]
     return (list(StepExecution._meta.concrete_fields), list(Run._meta.concrete_fields),
             workflow)  # type: ignore[return-value]
@@ -315,7 +317,7 @@ def _claim_statement() -> str:
     """DESIGN §4 step 2 (the same conditional UPDATE as ``executor.claim``) returning the
     claimed row with its run and workflow: one round trip instead of UPDATE + SELECT."""
     qn = connection.ops.quote_name
-    steps, runs, workflows = _claim_fields()
+    steps, runs, workflows = _selected_fields()
     return (
         f"WITH c AS (UPDATE {qn(StepExecution._meta.db_table)} SET "
         f"{qn('recovery_count')} = CASE WHEN {qn('status')} = $2 THEN {qn('recovery_count')} + 1 "
@@ -338,11 +340,19 @@ def _hydrate(db: BaseDatabaseWrapper, model: type[Model], fields: list[Field[Any
     return model.from_db(db.alias, [f.attname for f in fields], converted)
 
 
+def _run_and_workflow(db: BaseDatabaseWrapper, values: Any) -> Run:
+    """A run with its workflow, from the run's columns followed by the workflow's."""
+    _, runs, workflows = _selected_fields()
+    run: Run = _hydrate(db, Run, runs, values[:len(runs)])
+    run.workflow = _hydrate(db, Workflow, workflows, values[len(runs):])
+    return run
+
+
 @functools.cache
 def _lock_statement() -> str:
     """``engine.lock_run``: the run row locked (FOR UPDATE), with its workflow."""
     qn = connection.ops.quote_name
-    _, runs, workflows = _claim_fields()
+    _, runs, workflows = _selected_fields()
     return (f"SELECT {_columns('r', Run, runs)}, {_columns('w', Workflow, workflows)} "
             f"FROM {qn(Run._meta.db_table)} r JOIN {qn(Workflow._meta.db_table)} w "
             f"ON w.{qn('id')} = r.{qn('workflow_id')} WHERE r.{qn('id')} = $1 FOR UPDATE OF r")
@@ -352,19 +362,14 @@ def lock_run(run_id: Any) -> Run | None:
     """Lock the run inside the caller's transaction and return it (None: no such run)."""
     db = _db()
     got = _execute(db, _lock_statement(), [run_id])
-    if got is None:
-        return None
-    _, runs, workflows = _claim_fields()
-    run: Run = _hydrate(db, Run, runs, got[:len(runs)])
-    run.workflow = _hydrate(db, Workflow, workflows, got[len(runs):])
-    return run
+    return None if got is None else _run_and_workflow(db, got)
 
 
 @functools.cache
 def _workflow_statement(by_version: bool, default_workspace: bool) -> str:
     """``services.resolve_workflow``'s query: the latest (or the given) version of a name."""
     qn = connection.ops.quote_name
-    _, _, workflows = _claim_fields()
+    _, _, workflows = _selected_fields()
     where = (f"w.{qn('workspace_id')} = (SELECT {qn('id')} FROM {qn(Workspace._meta.db_table)} "
              f"WHERE {qn('slug')} = $1)") if default_workspace else f"w.{qn('workspace_id')} = $1"
     return (f"SELECT {_columns('w', Workflow, workflows)} FROM {qn(Workflow._meta.db_table)} w "
@@ -382,7 +387,7 @@ def workflow(name: str, workspace_id: int | None, version: int | None) -> Workfl
     got = _execute(db, _workflow_statement(bool(version), workspace_id is None), params)
     if got is None:
         return None
-    _, _, workflows = _claim_fields()
+    _, _, workflows = _selected_fields()
     return _hydrate(db, Workflow, workflows, got)
 
 
@@ -393,11 +398,9 @@ def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepEx
     got = _execute(db, _claim_statement(), params)
     if got is None:
         return None
-    steps, runs, workflows = _claim_fields()
+    steps, _, _ = _selected_fields()
     row: StepExecution = _hydrate(db, StepExecution, steps, got[:len(steps)])
-    run: Run = _hydrate(db, Run, runs, got[len(steps):len(steps) + len(runs)])
-    run.workflow = _hydrate(db, Workflow, workflows, got[len(steps) + len(runs):])
-    row.run = run
+    row.run = _run_and_workflow(db, got[len(steps):])
     return row
 
 

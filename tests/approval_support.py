@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
@@ -10,7 +9,7 @@ from django.conf import settings
 from approvals.models import Approval
 from runs.models import Run, RunStatus
 from steps.models import StepExecution, StepStatus
-from tests.conftest import wait_for_run
+from tests.conftest import reserved_tags, wait_for_run
 from tests.support.workers import wait_until
 
 EMBEDDED = settings.IS_EMBEDDED_BROKER
@@ -66,13 +65,4 @@ def queued_messages() -> int:
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    waiting = int(client.llen(queue))
-    reserved = 0
-    for raw in client.hvals("unacked"):
-        try:
-            _, _, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            continue
-        if routing_key == queue:
-            reserved += 1
-    return waiting + reserved
+    return int(client.llen(queue)) + len(reserved_tags(client, queue))

@@ -41,8 +41,6 @@ def purge_queue() -> None:
     hour). Called when none of this session's workers is running."""
     if EMBEDDED:
         return
-    import json
-
     import redis
 
     from stevora_project.celery import app
@@ -51,14 +49,25 @@ def purge_queue() -> None:
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for tag in reserved_tags(client, queue):
+        client.hdel("unacked", tag)
+        client.zrem("unacked_index", tag)
+
+
+def reserved_tags(client: Any, queue: str) -> list[bytes]:
+    """Delivery tags of the messages reserved from ``queue`` and not acknowledged yet
+    (kombu's Redis transport keeps them in the ``unacked`` hash)."""
+    import json
+
+    tags = []
     for tag, raw in client.hgetall("unacked").items():
         try:
-            routing_key = json.loads(raw)[2]
-        except (ValueError, TypeError, IndexError):
+            _, _, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
             continue
         if routing_key == queue:
-            client.hdel("unacked", tag)
-            client.zrem("unacked_index", tag)
+            tags.append(tag)
+    return tags
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,11 @@ import logging
 from typing import Any
 
 from django.apps import apps
-from django.db import connection
 
 from runs.models import RunStatus
 
-from .models import EventType, WebhookSubscription
-from .notices import announce_latest
+from .models import EventType
+from .notices import announce_latest, anyone_subscribes
 
 logger = logging.getLogger("stevora.webhooks")
 
@@ -24,21 +23,12 @@ RUN_EVENTS = {RunStatus.COMPLETED: EventType.RUN_COMPLETED, RunStatus.FAILED: Ev
               RunStatus.WAITING: EventType.RUN_WAITING}
 
 
-def _anyone_listens() -> bool:
-    """Is there any active subscription? Asked at every run end, so as plain SQL: the ORM
-    would spend more time building this query than PostgreSQL spends answering it."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {connection.ops.quote_name(WebhookSubscription._meta.db_table)} "
-                       f"WHERE {connection.ops.quote_name('active')} LIMIT 1")
-        return cursor.fetchone() is not None
-
-
 def on_run_status_changed(sender: Any, run_id: Any, status: str, **kwargs: Any) -> None:
     event = RUN_EVENTS.get(status)  # type: ignore[call-overload]
     if event is None:
         return
     try:
-        if not _anyone_listens():
+        if not anyone_subscribes():
             return  # the common case: nobody listens
         announce_latest(run_id, f"run_{status}")
     except Exception:  # a notice must never break the caller that changed the run; the sweep retries
