@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from runs import engine
+from runs.engine import transitions as engine
 from runs.models import record
 from runs.services import resume_waiting_step
 from steps import types as step_types

@@ -10,8 +10,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.models import record
-from runs.templating import render_value
 from steps import types
+from steps.templating import render_value
 
 from .models import Approval, ApprovalStatus, OnTimeout
 from .signals import approval_requested

@@ -12,7 +12,7 @@ HTTP server on 127.0.0.1), this script measures in one process:
 (c) for context: the same step while the primary is still closed (503, retried, then
     fallback) — what the breaker saves.
 
-Steps are executed by ``steps.executor.process_step`` in this process (no broker), so
+Steps are executed by ``runs.engine.executor.process_step`` in this process (no broker), so
 the numbers are the engine's and the chain's, not Celery's. Prints medians and ratios;
 never a test: the numbers depend on the machine and its load.
 
@@ -85,8 +85,8 @@ def main() -> None:
     from providers.models import BreakerState, LLMCall, Provider, ProviderHealth
     from providers.registry import Route
     from providers.wire import ChatRequest
+    from runs.engine.executor import process_step
     from runs.services import load_workflow, start_run
-    from steps.executor import process_step
     from tests.support.llm_server import LLMServer
 
     server = LLMServer().start()

@@ -1,7 +1,7 @@
 """Map fan-out: what one map item costs, and whether that grows with the size of the map.
 
 A workflow with one ``map`` step over n no-op items (``max_concurrency`` 20) is run to
-completion in this process (``steps.executor.process_step`` on each ready item; no broker,
+completion in this process (``runs.engine.executor.process_step`` on each ready item; no broker,
 no worker), for several n. Each item is claimed, executed and committed through the
 general path: the run locked, the item completed, the map's join consulted, the next
 pending item promoted, all in one transaction. The baseline, measured in the same run, is
@@ -29,7 +29,7 @@ QUEUE = "bench-map-unconsumed"  # promotions publish doorbells; nobody listens, 
 
 def run_to_end(run_id: Any) -> None:
     """Process every ready step of the run here until none is left."""
-    from steps.executor import process_step
+    from runs.engine.executor import process_step
     from steps.models import StepExecution
 
     while True:

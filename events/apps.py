@@ -7,7 +7,13 @@ class EventsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import tasks  # noqa: F401 - register the Celery task
+        from django.conf import settings
+
+        from runs.engine import sweeper
+
+        from .services import purge_expired_events
         from .step_type import register_event_type
 
         register_event_type()
+        sweeper.register("events-purge", purge_expired_events,
+                         every=lambda: float(settings.STEVORA["EVENT_PURGE_SECONDS"]))

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import connection
 
-from runs.templating import TemplateProblem, evaluate
+from steps.templating import TemplateProblem, evaluate
 
 logger = logging.getLogger("stevora.events")
 

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from runs import engine
+from runs.engine import transitions as engine
 from runs.models import Workspace, record
 from runs.services import resume_waiting_step
 from steps import types as step_types

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 from django.db.models import Q
 from django.utils import timezone
 
+from runs.engine import transitions as engine
 from runs.models import record
-from runs.templating import render_value
 from steps import types
+from steps.templating import render_value
 
 from .matching import lock_event_name, matches
 from .models import Event, EventMatch, EventWait
@@ -87,8 +88,6 @@ class ExternalEventType(types.StepType):
 
     def reopen(self, step: StepExecution) -> None:
         """The run was retried and this cancelled step waits again: index its wait again."""
-        from runs import engine
-
         run = step.run
         spec = engine.spec_of(engine.workflow_spec(run), step)
         EventWait.objects.get_or_create(step=step, defaults={

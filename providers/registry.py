@@ -14,7 +14,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 
-from stevora_project.env import env_str
+from steps.secrets import secret
 
 from .models import Provider, ProviderChain, ProviderKind
 
@@ -36,7 +36,7 @@ def api_key(provider: Provider) -> str | None:
     if not provider.api_key_env:
         return None
     try:
-        return env_str(provider.api_key_env)
+        return secret(provider.api_key_env)
     except ImproperlyConfigured:
         return None
 

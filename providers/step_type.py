@@ -29,10 +29,10 @@ from django.db import IntegrityError
 from django.db.models import Count, F, Sum
 from django.utils import timezone
 
-from runs.templating import render_value
+from runs.engine.heartbeat import heartbeat
 from steps import types
 from steps.handlers import PermanentError, RetryableError, StepContext, registry
-from steps.heartbeat import heartbeat
+from steps.templating import render_value
 
 from .chain import Answer, Scope, complete
 from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems

@@ -21,6 +21,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from steps.models import StepExecution
+
 from . import admin_timeline, services
 from .models import IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
 
@@ -244,6 +246,45 @@ class RunEventAdmin(admin.ModelAdmin):
 
     search_fields = ("run__id",)
     search_help_text = "A run id (UUID)."
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# Step executions: read-only, linked back to their run's observatory page.
+@admin.register(StepExecution)
+class StepExecutionAdmin(admin.ModelAdmin):
+    list_display = ("key", "type", "status", "run_link", "attempt", "failures", "recovery_count", "started_at",
+                    "finished_at")
+    list_filter = ("status", "type")
+    search_fields = ("run__id",)
+    search_help_text = "A run id (UUID)."
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    list_per_page = 100
+    readonly_fields = [f.name for f in StepExecution._meta.fields]
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[StepExecution],
+                           search_term: str) -> tuple[QuerySet[StepExecution], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(run_id=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(key=term), False
+
+    @admin.display(description="run")
+    def run_link(self, obj: StepExecution) -> str:
+        return format_html('<a href="{}#step-{}">{}</a>', reverse("admin:runs_run_change", args=[obj.run_id]),
+                           obj.key, str(obj.run_id)[:8])
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .templating import TemplateProblem, check_expression, check_template, walk_templates
+from steps.templating import TemplateProblem, check_expression, check_template, walk_templates
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workflow-v1.schema.json"
 END = "end"

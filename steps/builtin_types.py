@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from runs.templating import render_value
+from steps.templating import render_value
 
 from . import types
 from .handlers import PermanentError, registry

@@ -10,7 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stevora_project.settings")
 
 app = Celery("stevora_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["steps"])
+app.autodiscover_tasks(["runs.engine"])
 
 
 @app.on_after_configure.connect

@@ -8,23 +8,15 @@ Secrets may be given as ``NAME_FILE`` pointing at a file that holds the value.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+
+from steps.secrets import secret
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
     """Return ``name`` from the environment, or the contents of ``name_FILE``."""
-    value = os.environ.get(name)
-    if value is not None and value != "":
-        return value
-    file_path = os.environ.get(f"{name}_FILE")
-    if file_path:
-        try:
-            return Path(file_path).read_text().strip()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE: cannot read {file_path!r}: {exc}") from exc
-    return default
+    return secret(name, default)
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:

@@ -149,10 +149,16 @@ if not IS_EMBEDDED_BROKER and urlparse(CELERY_BROKER_URL).scheme not in {"redis"
         f"CELERY_BROKER_URL must be a redis:// URL (or unset for the embedded default), got {CELERY_BROKER_URL!r}"
     )
 
-# The longest a step may run (hard limit); the visibility timeout must exceed it.
+# The longest one step may run (its deadline when it declares no shorter timeout_seconds);
+# a handler that ignores it is abandoned after STEVORA_TIMEOUT_GRACE_SECONDS more.
 STEVORA_MAX_STEP_SECONDS = env_int("STEVORA_MAX_STEP_SECONDS", 3600, minimum=1)
+STEVORA_TIMEOUT_GRACE_SECONDS = env_float("STEVORA_TIMEOUT_GRACE_SECONDS", 1.0, minimum=0.05)
+# One task runs a step and the successors its commit hands it while they fit in
+# STEVORA_MAX_STEP_SECONDS + grace (executor.task_budget); Celery's hard limit is a backstop
+# above that, and the broker's visibility timeout must exceed it.
+_TASK_HARD_LIMIT = int(STEVORA_MAX_STEP_SECONDS + 3 * STEVORA_TIMEOUT_GRACE_SECONDS + 60)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", STEVORA_MAX_STEP_SECONDS + 600, minimum=60),
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", _TASK_HARD_LIMIT + 600, minimum=60),
 }
 if IS_EMBEDDED_BROKER:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.02}
@@ -165,7 +171,7 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_TIME_LIMIT = STEVORA_MAX_STEP_SECONDS
+CELERY_TASK_TIME_LIMIT = _TASK_HARD_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
@@ -174,25 +180,10 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
 # We keep connections (CONN_MAX_AGE + health checks) and close only broken ones.
 CELERY_DB_REUSE_MAX = 1_000_000
 EVENT_PURGE_SECONDS = env_float("STEVORA_EVENT_PURGE_SECONDS", 3600.0, minimum=0.05)
-CELERY_BEAT_SCHEDULE = {
-    "stevora-reconcile": {
-        "task": "steps.reconcile",
-        "schedule": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
-        "options": {"expires": 30},
-    },
-    # webhooks.tasks: deliveries whose next attempt is due (rows are the truth; messages only hurry them).
-    "stevora-webhook-sweep": {
-        "task": "webhooks.sweep",
-        "schedule": env_float("STEVORA_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.05),
-        "options": {"expires": 30},
-    },
-    # events.tasks: external events past their retention (EVENT_RETENTION_SECONDS) are deleted.
-    "stevora-event-purge": {
-        "task": "events.purge",
-        "schedule": EVENT_PURGE_SECONDS,
-        "options": {"expires": 300},
-    },
-}
+# Beat publishes nothing: its process hosts the engine's sweeper thread (lease recovery,
+# lost doorbells, timers, child runs, webhook deliveries, the event purge), which reaches
+# the database directly so that no backlog in the step queue can delay it.
+CELERY_BEAT_SCHEDULE: dict[str, Any] = {}
 
 # --- Stevora engine -----------------------------------------------------------
 
@@ -206,6 +197,8 @@ STEVORA: dict[str, Any] = {
     # the purge runs every STEVORA_EVENT_PURGE_SECONDS (beat, or runengine embedded).
     "EVENT_RETENTION_SECONDS": env_float("STEVORA_EVENT_RETENTION_SECONDS", 7 * 86400.0, minimum=0),
     "EVENT_PURGE_SECONDS": EVENT_PURGE_SECONDS,
+    "WEBHOOK_SWEEP_SECONDS": env_float("STEVORA_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.05),
+    "TIMEOUT_GRACE_SECONDS": STEVORA_TIMEOUT_GRACE_SECONDS,
     # A ready step whose doorbell is older than this is rung again.
     "REDISPATCH_SECONDS": env_float("STEVORA_REDISPATCH_SECONDS", 15.0, minimum=0.1),
     # Lease expiries a step may suffer before it is dead-lettered.

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from runs.engine.executor import process_step
 from runs.models import Run, RunEvent
 from runs.services import start_run
-from steps.executor import process_step
 from steps.models import StepExecution
 from tests.conftest import EMBEDDED, read_ledger, wait_for_run
 from tests.support.workers import ROOT, subprocess_env, wait_until
@@ -115,7 +115,7 @@ def test_duplicate_delivery_of_one_message_runs_the_step_once(engine: Any, workf
         for thread in threads:
             thread.join()
     else:
-        from steps.tasks import run_step
+        from runs.engine.tasks import run_step
 
         for _ in range(5):
             run_step.delay(step.pk)

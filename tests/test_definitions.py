@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from runs.definitions import DefinitionError, handler_registered, validate
 from runs.models import Run, Workflow
 from runs.services import StartError, load_workflow, load_workflow_text, start_run
-from runs.templating import TemplateProblem, check_template, evaluate, render_value
+from steps.templating import TemplateProblem, check_template, evaluate, render_value
 from tests.support.workers import ROOT, subprocess_env
 
 YAML_DOC = """

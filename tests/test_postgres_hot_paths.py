@@ -1,4 +1,4 @@
-"""PostgreSQL's one-statement hot paths (``steps.fastcommit``) write exactly what the
+"""PostgreSQL's one-statement hot paths (``runs.engine.hotpath``) write exactly what the
 general paths write.
 
 Outside a transaction, on PostgreSQL, ``start_run``, the claim, the commit of a step with
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
+from runs.engine.executor import process_step
 from runs.models import Run
 from runs.services import start_run
-from steps.executor import process_step
 from steps.models import StepExecution
 from tests.conftest import EMBEDDED
 

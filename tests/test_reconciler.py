@@ -10,10 +10,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from runs.engine.executor import process_step
+from runs.engine.recovery import sweep
 from runs.models import RunEvent
-from runs.reconciler import sweep
 from runs.services import start_run
-from steps.executor import process_step
 from steps.models import StepExecution
 from tests.conftest import EMBEDDED, wait_for_run
 from tests.support.workers import wait_until

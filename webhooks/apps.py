@@ -7,6 +7,12 @@ class WebhooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
+        from runs.engine import sweeper
+
         from . import receivers, tasks  # noqa: F401 - connect the signals, register the Celery tasks
+        from .sweeps import sweep
 
         receivers.connect()
+        sweeper.register("webhooks", sweep, every=lambda: float(settings.STEVORA["WEBHOOK_SWEEP_SECONDS"]))

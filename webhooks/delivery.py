@@ -26,6 +26,8 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from runs.engine.dispatch import can_publish
+
 from .models import DeliveryStatus, WebhookDelivery
 from .signing import signature
 
@@ -82,8 +84,6 @@ def enqueue(*, workspace_id: int, url: str, event: str, data: dict[str, Any], su
 
 def ring(delivery_id: Any, countdown: float = 0.0) -> None:
     """Publish the send task; a lost or impossible publish is covered by the sweep."""
-    from steps.dispatch import can_publish
-
     if not can_publish():
         return  # embedded, outside the engine process: the engine's sweep sends it
     from .tasks import deliver_task
@@ -206,21 +206,3 @@ def retry_now(delivery_ids: list[Any]) -> int:
     for delivery_id in delivery_ids:
         transaction.on_commit(functools.partial(ring, delivery_id))
     return count
-
-
-def sweep_forever(stop: Any) -> None:
-    """``runengine``: send due deliveries inline until ``stop`` is set (the embedded engine has no beat)."""
-    from django.db import close_old_connections, connection
-
-    interval = float(getattr(settings, "CELERY_BEAT_SCHEDULE", {}).get("stevora-webhook-sweep", {}).get(
-        "schedule", 5.0))
-    while not stop.wait(interval):
-        try:
-            close_old_connections()
-            from .notices import sweep_notices
-
-            sweep_notices()
-            sweep_due(inline=True)
-        except Exception:
-            logger.exception("webhook sweep failed; trying again")
-            connection.close()

@@ -1,4 +1,4 @@
-"""Celery tasks: one delivery attempt, and the sweep of missed notices and due deliveries (beat)."""
+"""Celery task: one delivery attempt (the sweep of missed notices and due deliveries is ``sweeps.sweep``)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,3 @@ def deliver_task(delivery_id: str) -> None:
     from .delivery import deliver
 
     deliver(delivery_id)
-
-
-@shared_task(name="webhooks.sweep", ignore_result=True)
-def sweep_task() -> int:
-    """Notices whose post-commit receiver never ran, then every due delivery."""
-    from .delivery import sweep_due
-    from .notices import sweep_notices
-
-    sweep_notices()
-    return sweep_due()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .definitions import StepSpec, WorkflowSpec
+from runs.definitions import StepSpec, WorkflowSpec
 
 # Types whose successor is one of the names in their definition (or the next step).
 _STATIC_TYPES = frozenset({"task", "condition", "parallel", "map", "workflow", "wait"})

@@ -2,12 +2,12 @@
 
 The common case of a sequential workflow: a ``task`` step at the top level completes
 and its successor is a work step that no jump can bring round again. The general
-commit (``executor.commit_success``) then costs seven round trips and most of a
+commit (``executor.commit_success`` with ``transitions``) then costs seven round trips and most of a
 millisecond of ORM query building each: BEGIN, lock the run, fenced UPDATE, INSERT
 the successor (claimed by this worker), INSERT the history, COMMIT. Here the same
 writes are one statement, one implicit transaction::
 
-    WITH run     AS (SELECT status FROM runs_run WHERE id = … FOR UPDATE),
+    WITH run     AS (SELECT status FROM runs_run WHERE id = … FOR NO KEY UPDATE),
          done    AS (UPDATE steps_stepexecution SET status = 'completed', …
                      WHERE id = … AND status = 'running' AND lease_owner = … AND attempt = …
                        AND EXISTS (SELECT 1 FROM run WHERE status = 'running') RETURNING id),
@@ -17,23 +17,23 @@ writes are one statement, one implicit transaction::
 
 Why it is the same protocol (DESIGN §4):
 
-- the run row is locked first (the one lock order of ``runs.engine``): the fence's
+- the run row is locked first (the one lock order of ``transitions.lock_run``): the fence's
   ``EXISTS`` is an init plan, evaluated before the step row is even scanned;
 - the fence is the same conditional UPDATE (status running, our lease, our attempt);
   under READ COMMITTED a step that a sweep recovered meanwhile is re-checked on its
   newest version and not updated;
 - the successor and both history rows are written only if the fence matched
   (``FROM done``), in the same transaction as the result; nothing is published
-  (the successor is claimed by this worker, exactly as ``engine.activate`` does it);
+  (the successor is claimed by this worker, exactly as ``transitions.activate`` does it);
 - if nothing matched (a lost lease, a run that is no longer ``running``: paused,
   cancelled), nothing was written and the caller runs the general commit, which
   decides what to do as before.
 
 The same way, ``commit_and_finish`` completes the last step of a plain top-level run
-together with the run (``engine.finish_run``'s UPDATE; the status signal is sent by the
+together with the run (``transitions.finish_run``'s UPDATE; the status signal is sent by the
 caller after the statement), ``claim`` is the claim's conditional UPDATE returning the
 row joined to its run and workflow, ``start`` inserts a new run with its first step and
-history (``services.start_run``), and ``workflow`` and ``lock_run`` are the two queries
+history (``starting.create_run``), and ``workflow`` and ``lock_run`` are the two queries
 every start and every general-path commit open with. Everything else takes the general
 paths; SQLite (embedded) always does. ``tests/test_postgres_hot_paths.py`` runs a
 workflow both ways and compares every row.
@@ -64,14 +64,14 @@ from django.db.models import (
     TextField,
     UUIDField,
 )
-from django.utils import timezone
 
 from runs.definitions import END, StepSpec, WorkflowSpec
 from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
-from runs.revisits import revisitable
+from steps import clock
+from steps import types as step_types
+from steps.models import StepExecution, StepStatus
 
-from . import types as step_types
-from .models import StepExecution, StepStatus
+from .revisits import revisitable
 
 _NOT_APPLICABLE = object()
 
@@ -137,7 +137,7 @@ def _statement() -> str:
     first_step = 11
     first_event = first_step + len(_fields(StepExecution))
     return (
-        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR UPDATE), "
+        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR NO KEY UPDATE), "
         f"done AS (UPDATE {step_table} SET {qn('status')} = $2, {qn('output')} = $3, {qn('input')} = $4, "
         f"{qn('error')} = NULL, {qn('finished_at')} = $5, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
         f"WHERE {qn('id')} = $6 AND {qn('status')} = $7 AND {qn('lease_owner')} = $8 AND {qn('attempt')} = $9 "
@@ -225,7 +225,7 @@ def _finish_statement() -> str:
     qn = connection.ops.quote_name
     step_table, run_table = qn(StepExecution._meta.db_table), qn(Run._meta.db_table)
     return (
-        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR UPDATE), "
+        f"WITH run AS (SELECT {qn('status')} FROM {run_table} WHERE {qn('id')} = $1 FOR NO KEY UPDATE), "
         f"done AS (UPDATE {step_table} SET {qn('status')} = $2, {qn('output')} = $3, {qn('input')} = $4, "
         f"{qn('error')} = NULL, {qn('finished_at')} = $5, {qn('lease_owner')} = '', {qn('lease_until')} = NULL "
         f"WHERE {qn('id')} = $6 AND {qn('status')} = $7 AND {qn('lease_owner')} = $8 AND {qn('attempt')} = $9 "
@@ -250,7 +250,7 @@ def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str
                          field(StepExecution, "finished_at").get_db_prep_save(t, db),
                          row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING,
                          field(Run, "output").get_db_prep_save(output, db),
-                         field(Run, "finished_at").get_db_prep_save(timezone.now(), db)]
+                         field(Run, "finished_at").get_db_prep_save(t, db)]
     _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params, db)
     _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params, db)
     if _execute(db, _finish_statement(), params) is None:
@@ -315,16 +315,19 @@ def _selected_fields() -> tuple[list[Field[Any, Any]], list[Field[Any, Any]], li
 @functools.cache
 def _claim_statement() -> str:
     """DESIGN §4 step 2 (the same conditional UPDATE as ``executor.claim``) returning the
-    claimed row with its run and workflow: one round trip instead of UPDATE + SELECT."""
+    claimed row with its run and workflow: one round trip instead of UPDATE + SELECT.
+    Every time in it is the database's (``statement_timestamp()``), never the worker's."""
     qn = connection.ops.quote_name
     steps, runs, workflows = _selected_fields()
     return (
         f"WITH c AS (UPDATE {qn(StepExecution._meta.db_table)} SET "
         f"{qn('recovery_count')} = CASE WHEN {qn('status')} = $2 THEN {qn('recovery_count')} + 1 "
         f"ELSE {qn('recovery_count')} END, {qn('status')} = $2, {qn('lease_owner')} = $3, "
-        f"{qn('lease_until')} = $4, {qn('attempt')} = {qn('attempt')} + 1, {qn('started_at')} = $5 "
-        f"WHERE {qn('id')} = $1 AND (({qn('status')} = $6 AND ({qn('not_before')} IS NULL "
-        f"OR {qn('not_before')} <= $5)) OR ({qn('status')} = $2 AND {qn('lease_until')} < $5)) RETURNING *) "
+        f"{qn('lease_until')} = statement_timestamp() + make_interval(secs => $4), "
+        f"{qn('attempt')} = {qn('attempt')} + 1, {qn('started_at')} = statement_timestamp() "
+        f"WHERE {qn('id')} = $1 AND (({qn('status')} = $5 AND ({qn('not_before')} IS NULL "
+        f"OR {qn('not_before')} <= statement_timestamp())) "
+        f"OR ({qn('status')} = $2 AND {qn('lease_until')} < statement_timestamp())) RETURNING *) "
         f"SELECT {_columns('c', StepExecution, steps)}, {_columns('r', Run, runs)}, "
         f"{_columns('w', Workflow, workflows)} FROM c "
         f"JOIN {qn(Run._meta.db_table)} r ON r.{qn('id')} = c.{qn('run_id')} "
@@ -350,12 +353,12 @@ def _run_and_workflow(db: BaseDatabaseWrapper, values: Any) -> Run:
 
 @functools.cache
 def _lock_statement() -> str:
-    """``engine.lock_run``: the run row locked (FOR UPDATE), with its workflow."""
+    """``transitions.lock_run``: the run row locked (FOR NO KEY UPDATE), with its workflow."""
     qn = connection.ops.quote_name
     _, runs, workflows = _selected_fields()
     return (f"SELECT {_columns('r', Run, runs)}, {_columns('w', Workflow, workflows)} "
             f"FROM {qn(Run._meta.db_table)} r JOIN {qn(Workflow._meta.db_table)} w "
-            f"ON w.{qn('id')} = r.{qn('workflow_id')} WHERE r.{qn('id')} = $1 FOR UPDATE OF r")
+            f"ON w.{qn('id')} = r.{qn('workflow_id')} WHERE r.{qn('id')} = $1 FOR NO KEY UPDATE OF r")
 
 
 def lock_run(run_id: Any) -> Run | None:
@@ -391,9 +394,9 @@ def workflow(name: str, workspace_id: int | None, version: int | None) -> Workfl
     return _hydrate(db, Workflow, workflows, got)
 
 
-def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepExecution | None:
+def claim(step_id: int, owner: str, lease_seconds: float) -> StepExecution | None:
     """Claim ``step_id`` for ``owner`` (None: a duplicate or stale doorbell), in one statement."""
-    params = [step_id, StepStatus.RUNNING, owner, t + timedelta(seconds=lease_seconds), t, StepStatus.READY]
+    params = [step_id, StepStatus.RUNNING, owner, float(lease_seconds), StepStatus.READY]
     db = _db()
     got = _execute(db, _claim_statement(), params)
     if got is None:
@@ -401,6 +404,8 @@ def claim(step_id: int, owner: str, t: datetime, lease_seconds: float) -> StepEx
     steps, _, _ = _selected_fields()
     row: StepExecution = _hydrate(db, StepExecution, steps, got[:len(steps)])
     row.run = _run_and_workflow(db, got[len(steps):])
+    assert row.started_at is not None
+    clock.observe(row.started_at)  # the database's time, free with the claim
     return row
 
 

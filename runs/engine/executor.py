@@ -3,49 +3,48 @@
 ``process_step`` is what the Celery task calls with a step id. A duplicate or stale
 message finds nothing to claim and returns. After a fenced commit the engine may hand
 this worker the single ready successor it just created (already claimed in the same
-transaction), which runs next without a broker round trip.
+transaction), which runs next without a broker round trip — as long as the task stays
+within its time budget; past it, the successor is handed back to the queue, so the
+per-step limit (``STEVORA_MAX_STEP_SECONDS``) is never a limit on a chain.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import random
-import signal
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, PositiveIntegerField, Q, When
-from django.utils import timezone
+from django.db.models.functions import Now
 
-from runs import engine
 from runs.definitions import RetryPolicy, StepSpec, WorkflowSpec
 from runs.models import Run, RunStatus
-from runs.templating import TemplateProblem
+from steps import clock
+from steps import types as step_types
+from steps.handlers import PermanentError, RetryableError, StepContext
+from steps.models import StepExecution, StepStatus
+from steps.templating import TemplateProblem
 
-from . import fastcommit
-from . import types as step_types
-from .dispatch import can_publish, fault_point
-from .handlers import PermanentError, RetryableError, StepContext
+from . import hotpath
+from . import transitions as t
+from .dispatch import can_publish, dispatch_steps
+from .effects import Effects
+from .faults import fault_point
 from .heartbeat import heartbeat
-from .models import StepExecution, StepStatus
+from .timeouts import StepTimeout, run_with_deadline
 
 logger = logging.getLogger("stevora.executor")
 
 _HOST = socket.gethostname()
-
-
-class StepTimeout(RetryableError):
-    """The step ran longer than its ``timeout_seconds``."""
 
 
 class NotJSONSerializable(PermanentError):
@@ -57,76 +56,97 @@ def worker_id() -> str:
 
 
 def lease_seconds() -> float:
-    return settings.STEVORA["LEASE_SECONDS"]
+    return float(settings.STEVORA["LEASE_SECONDS"])
+
+
+def step_seconds(spec: StepSpec | None) -> float:
+    """The step's deadline: its ``timeout_seconds``, never more than ``STEVORA_MAX_STEP_SECONDS``."""
+    limit = float(settings.STEVORA_MAX_STEP_SECONDS)
+    if spec is not None and spec.timeout_seconds:
+        return min(float(spec.timeout_seconds), limit)
+    return limit
+
+
+def grace_seconds() -> float:
+    return float(settings.STEVORA["TIMEOUT_GRACE_SECONDS"])
+
+
+def task_budget() -> float:
+    """How long one task may run steps back to back (below Celery's hard limit)."""
+    return float(settings.STEVORA_MAX_STEP_SECONDS) + grace_seconds()
 
 
 def process_step(step_id: int) -> None:
     """Claim the step and run it, then any successor handed to us by the commit."""
+    started = time.monotonic()
     row = claim(step_id)
     while row is not None:
         row = execute_and_commit(row)
+        if row is not None and time.monotonic() - started + _deadline_of(row) > task_budget():
+            # The successor would not fit in this task's time: another message runs it.
+            hand_back(row, "the task's time budget is spent")
+            return
+
+
+def _deadline_of(row: StepExecution) -> float:
+    try:
+        return step_seconds(t.spec_of(t.workflow_spec(row.run), row))
+    except Exception:
+        return step_seconds(None)
 
 
 def claim(step_id: int) -> StepExecution | None:
-    t = timezone.now()
     owner = worker_id()
-    if fastcommit.available():
+    if hotpath.available():
         # PostgreSQL: the same conditional UPDATE, returning the row with its run (one round trip).
-        claimed = fastcommit.claim(step_id, owner, t, lease_seconds())
-        return None if claimed is None else _unless_paused(claimed, owner)
-    claimable = Q(status=StepStatus.READY) & (Q(not_before__isnull=True) | Q(not_before__lte=t))
-    expired = Q(status=StepStatus.RUNNING, lease_until__lt=t)
+        claimed = hotpath.claim(step_id, owner, lease_seconds())
+        return None if claimed is None else _still_wanted(claimed, owner)
+    now = clock.now()
+    claimable = Q(status=StepStatus.READY) & (Q(not_before__isnull=True) | Q(not_before__lte=Now()))
+    expired = Q(status=StepStatus.RUNNING, lease_until__lt=Now())
     updated = StepExecution.objects.filter(Q(pk=step_id) & (claimable | expired)).update(
         recovery_count=Case(When(status=StepStatus.RUNNING, then=F("recovery_count") + 1),
                             default=F("recovery_count"), output_field=PositiveIntegerField()),
-        status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds()),
-        attempt=F("attempt") + 1, started_at=t,
+        status=StepStatus.RUNNING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds()),
+        attempt=F("attempt") + 1, started_at=now,
     )
     if updated != 1:
         return None  # a duplicate or stale doorbell
-    return _unless_paused(StepExecution.objects.select_related("run", "run__workflow").get(pk=step_id), owner)
+    return _still_wanted(StepExecution.objects.select_related("run", "run__workflow").get(pk=step_id), owner)
 
 
-def _unless_paused(row: StepExecution, owner: str) -> StepExecution | None:
+def _still_wanted(row: StepExecution, owner: str) -> StepExecution | None:
+    """A claimed step whose run was paused goes back untouched; one whose run ended, or whose
+    fan-out step closed (a sibling failed), is cancelled: it must not run."""
     if row.run.status == RunStatus.PAUSED:
         # Paused after this step was published: hand it back untouched.
         StepExecution.objects.filter(pk=row.pk, status=StepStatus.RUNNING, lease_owner=owner).update(
             status=StepStatus.READY, lease_owner="", lease_until=None, attempt=F("attempt") - 1)
         return None
+    if row.run.is_terminal or (row.parent_id is not None and not t.parent_open(row)):
+        with transaction.atomic():
+            run = t.lock_run(row.run_id)
+            reason = f"run {run.status}" if run.is_terminal else "its fan-out step ended"
+            if _fence(row, owner).update(
+                    status=StepStatus.CANCELLED, finished_at=t.now(), lease_owner="", lease_until=None,
+                    error=t.error_dict("cancelled", reason, previous_status=StepStatus.READY)) == 1:
+                fx = Effects()
+                fx.event(run.pk, "step_cancelled", row.key, message=f"claimed after {reason}",
+                         data={"previous_status": StepStatus.READY})
+                fx.flush()
+        return None
     return row
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise StepTimeout in this thread after ``seconds`` (SIGALRM in the main thread)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        # Off the main thread there is no safe way to interrupt user code, but a step
-        # that overran its timeout still counts as timed out: its result is discarded.
-        started = time.monotonic()
-        yield
-        if seconds and time.monotonic() - started > seconds:
-            raise StepTimeout(f"step exceeded its timeout of {seconds}s (it could not be interrupted "
-                              "here, so it ran to the end and its result was discarded)")
-        return
-
-    fired = False
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        nonlocal fired
-        fired = True
-        raise StepTimeout(f"step exceeded its timeout of {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    if fired:
-        # A handler's ``except Exception`` swallowed the timeout and returned: it still timed out.
-        raise StepTimeout(f"step exceeded its timeout of {seconds}s (the handler caught the timeout; "
-                          "its result was discarded)")
+def hand_back(row: StepExecution, why: str) -> None:
+    """Give a claimed step back to the queue untouched (its attempt is not spent)."""
+    publish = can_publish()
+    if StepExecution.objects.filter(pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner,
+                                    attempt=row.attempt).update(
+            status=StepStatus.READY, lease_owner="", lease_until=None, attempt=F("attempt") - 1,
+            ready_at=clock.now(), dispatched_at=clock.now() if publish else None) == 1:
+        logger.info("step %s handed back: %s", row.key, why)
+        dispatch_steps([row.pk])
 
 
 def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
@@ -143,10 +163,10 @@ def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
 
 def execute_and_commit(row: StepExecution) -> StepExecution | None:
     run = row.run
-    wf = engine.workflow_spec(run)
+    wf = t.workflow_spec(run)
     owner = row.lease_owner
     try:
-        spec = engine.spec_of(wf, row)
+        spec = t.spec_of(wf, row)
     except Exception as exc:  # a definition that no longer names this step: refuse, do not guess
         return commit_failure(row, None, wf, PermanentError(str(exc)), owner)
     max_recoveries: int = settings.STEVORA["MAX_RECOVERIES"]
@@ -155,21 +175,22 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
             f"dead-lettered: the step's worker was lost {row.recovery_count} times "
             f"(limit STEVORA_MAX_RECOVERIES={settings.STEVORA['MAX_RECOVERIES']})"), owner, kind="dead_lettered")
     step_type = step_types.get(row.type)
-    heartbeat.hold(row.pk, owner, row.attempt)
+    seconds, grace = step_seconds(spec), grace_seconds()
+    # The lease is renewed until the deadline has passed and the handler was given its grace.
+    heartbeat.hold(row.pk, owner, row.attempt,
+                   deadline=clock.now() + timedelta(seconds=seconds + 2 * grace + lease_seconds() / 3))
     rendered: Any = None
     try:
         if step_type is None or not step_type.work:
             raise PermanentError(f"no executor for step type {row.type!r}")
-        tctx = engine.template_context(run, row)
+        tctx = t.template_context(run, row)
         try:
             rendered = step_type.render(spec, tctx)
         except TemplateProblem as exc:
             raise PermanentError(str(exc)) from None
-        ctx = _context(run, row, rendered)
-        invocation = step_types.Invocation(run=run, step=row, spec=spec, workflow=wf, ctx=ctx,
-                                           template_context=tctx)
-        with time_limit(spec.timeout_seconds):
-            output = step_type.execute(invocation)
+        invocation = step_types.Invocation(run=run, step=row, spec=spec, workflow=wf,
+                                           ctx=_context(run, row, rendered), template_context=tctx)
+        output = run_with_deadline(lambda: step_type.execute(invocation), seconds, grace)
         try:
             # allow_nan=False: NaN is not JSON, and PostgreSQL's jsonb refuses it at commit.
             json.dumps(output, allow_nan=False)
@@ -189,38 +210,38 @@ def _fence(row: StepExecution, owner: str) -> Any:
 
 def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output: Any, owner: str, *,
                    rendered: Any = None) -> StepExecution | None:
-    t = timezone.now()
-    target = fastcommit.successor(row, spec, wf)
+    now = clock.now()
+    target = hotpath.successor(row, spec, wf)
     if target is not None:
         # The sequential common case in one SQL statement; if its fence or run check did
         # not match, nothing was written and the general commit below decides.
-        claimed = fastcommit.commit_and_claim(row, target, output, rendered, owner, t, lease_seconds(),
-                                              _attempt_data(row, owner, t))
-        if claimed is not fastcommit.NOT_APPLIED:
+        taken = hotpath.commit_and_claim(row, target, output, rendered, owner, now, lease_seconds(),
+                                         _attempt_data(row, owner, now))
+        if taken is not hotpath.NOT_APPLIED:
             fault_point("after_commit")
-            return claimed  # type: ignore[return-value]
-    elif fastcommit.finishes(row, spec, wf):
+            return taken  # type: ignore[return-value]
+    elif hotpath.finishes(row, spec, wf):
         # The last step of a plain top-level run: step and run completed in one statement.
-        if fastcommit.commit_and_finish(row, output, rendered, owner, t, _attempt_data(row, owner, t)):
-            engine.Effects(status_changes=[(row.run_id, RunStatus.COMPLETED)]).publish()
+        if hotpath.commit_and_finish(row, output, rendered, owner, now, _attempt_data(row, owner, now)):
+            Effects(status_changes=[(row.run_id, RunStatus.COMPLETED)]).publish()
             fault_point("after_commit")
             return None
     with transaction.atomic():
-        run = engine.lock_run(row.run_id)
+        run = t.lock_run(row.run_id)
         updated = _fence(row, owner).update(
-            status=StepStatus.COMPLETED, output=output, input=rendered, error=None, finished_at=t,
+            status=StepStatus.COMPLETED, output=output, input=rendered, error=None, finished_at=now,
             lease_owner="", lease_until=None,
         )
         if updated != 1:
             logger.warning("step %s attempt %s lost its lease; result discarded", row.key, row.attempt)
             return None
-        row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
-        fx = engine.Effects(claim_owner=owner, lease_seconds=lease_seconds())
-        fx.event(run.pk, "step_completed", row.key, data=_attempt_data(row, owner, t))
-        engine.advance(run, wf, row, spec, fx)
+        row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, now
+        fx = Effects(claim_owner=owner, lease_seconds=lease_seconds())
+        fx.event(run.pk, "step_completed", row.key, data=_attempt_data(row, owner, now))
+        t.advance(run, wf, row, spec, fx)
         fx.flush()
     fault_point("after_commit")
-    claimed = fx.claimed
+    claimed: StepExecution | None = fx.claimed
     if claimed is not None:
         if claimed.run_id == run.pk:
             claimed.run = run
@@ -229,12 +250,12 @@ def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output:
     return claimed
 
 
-def _attempt_data(row: StepExecution, owner: str, t: Any) -> dict[str, Any]:
+def _attempt_data(row: StepExecution, owner: str, now: Any) -> dict[str, Any]:
     started = row.started_at
     return {
         "attempt": row.attempt, "worker": owner,
         "started_at": started.isoformat() if started else None,
-        "duration_ms": round((t - started).total_seconds() * 1000, 3) if started else None,
+        "duration_ms": round((now - started).total_seconds() * 1000, 3) if started else None,
     }
 
 
@@ -272,16 +293,16 @@ def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, 
     failures = row.failures + 1
     retry = is_retryable(exc, policy) and failures < row.max_attempts and kind is None
     error = error_from(exc, row, kind=kind, retryable=retry)
-    t = timezone.now()
+    now = clock.now()
     with transaction.atomic():
-        run = engine.lock_run(row.run_id)
-        fx = engine.Effects()
+        run = t.lock_run(row.run_id)
+        fx = Effects()
         fence = _fence(row, owner)
         if retry:
             retry_after = getattr(exc, "retry_after", None)
             delay = float(retry_after) if retry_after is not None else policy.delay(failures, random.random())
             delay = min(delay, max(policy.max_backoff_seconds, 0.0)) if retry_after is None else delay
-            not_before = t + timedelta(seconds=delay)
+            not_before = now + timedelta(seconds=delay)
             # Short delays ride a countdown message; longer ones are only a row (no long ETAs).
             countdown = delay <= 60 and can_publish()
             updated = fence.update(
@@ -290,23 +311,26 @@ def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, 
             )
             if updated == 1:
                 fx.event(run.pk, "step_retry_scheduled", row.key, message=error["message"],
-                         data={**_attempt_data(row, owner, t), "delay_seconds": round(delay, 3),
+                         data={**_attempt_data(row, owner, now), "delay_seconds": round(delay, 3),
                                "error": {k: v for k, v in error.items() if k != "traceback"}})
                 if countdown and run.status != RunStatus.PAUSED:
                     fx.countdowns.append((row.pk, delay))
         else:
             updated = fence.update(
-                status=StepStatus.FAILED, failures=failures, error=error, input=rendered, finished_at=t,
+                status=StepStatus.FAILED, failures=failures, error=error, input=rendered, finished_at=now,
                 lease_owner="", lease_until=None,
             )
             if updated == 1:
                 fx.event(run.pk, "step_failed", row.key, message=error["message"],
-                         data={**_attempt_data(row, owner, t), "error": error})
+                         data={**_attempt_data(row, owner, now), "error": error})
                 if spec is not None:
-                    engine.step_failed(run, wf, row, spec, error, fx)
+                    t.step_failed(run, wf, row, spec, error, fx)
                 else:
-                    engine.finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": row.key})
+                    t.finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": row.key})
         if updated != 1:
             logger.warning("step %s attempt %s lost its lease; failure discarded", row.key, row.attempt)
         fx.flush()
     return None
+
+
+__all__ = ["StepTimeout", "claim", "process_step"]

@@ -1,0 +1,148 @@
+"""Inserting a run with its first step: top-level runs (``runs.services.start_run``) and
+child runs (a ``workflow`` step), the same rows either way."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from runs.definitions import WorkflowSpec, input_errors, spec_for
+from runs.errors import NotFound, StartError
+from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
+from steps import types as step_types
+from steps.models import StepExecution, StepStatus
+
+from . import hotpath
+from . import transitions as t
+from .dispatch import can_publish
+from .effects import Effects
+
+
+def resolve_workflow(name: str, *, workspace: Workspace | int | None = None, version: int | None = None) -> Workflow:
+    ws_id = workspace.pk if isinstance(workspace, Workspace) else workspace
+    workflow: Workflow | None
+    if hotpath.available():
+        workflow = hotpath.workflow(name, ws_id, version)  # the same query, a prepared statement
+    else:
+        # The default workspace by its slug, in the same query (no get_or_create on every
+        # start: where there is no default workspace there is no workflow in it either).
+        qs = (Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG) if ws_id is None
+              else Workflow.objects.filter(workspace_id=ws_id)).filter(name=name)
+        workflow = qs.filter(version=version).first() if version else qs.order_by("-version").first()
+    if workflow is None:
+        which = f"{name} v{version}" if version else name
+        raise NotFound(f"no workflow named {which!r}; load it first with load_workflows")
+    return workflow
+
+
+def _budget_value(budget: dict[str, Any], key: str, path: str, errors: list[tuple[str, str]]) -> Any:
+    value = budget.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        errors.append((f"{path}.{key}", "must be a number"))
+        return None
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        errors.append((f"{path}.{key}", "must be a number"))
+        return None
+    if number <= 0:
+        errors.append((f"{path}.{key}", "must be greater than 0"))
+        return None
+    return number
+
+
+def checked(workflow: Workflow, wf: WorkflowSpec, run_input: Any, idempotency_key: str | None,
+            budget: dict[str, Any] | None) -> tuple[Decimal | None, int | None]:
+    """Refuse a bad start whole, naming each problem; the run's budget limits."""
+    errors = input_errors(wf, run_input)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key.strip()
+                                        or len(idempotency_key) > 255):
+        errors.append(("idempotency_key", "must be a non-empty string of at most 255 characters"))
+    merged_budget = {**wf.budget, **(budget or {})}
+    max_cost = _budget_value(merged_budget, "max_cost_usd", "budget", errors)
+    max_tokens = _budget_value(merged_budget, "max_tokens", "budget", errors)
+    if errors:
+        raise StartError(f"cannot start {workflow}: invalid input", errors)
+    return max_cost, int(max_tokens) if max_tokens is not None else None
+
+
+def start_in_one_statement(workflow: Workflow, run_input: Any, *, actor: str,
+                           budget: dict[str, Any] | None) -> Run | None:
+    """PostgreSQL, outside any transaction, no idempotency key, a work step first: the
+    run, its first step and both history rows in one statement (what ``create_run`` and
+    ``transitions.activate`` write), then its doorbell. None: take the general path."""
+    wf = spec_for(workflow)
+    first = wf.steps[0]
+    if not step_types.is_work(first.type):
+        return None
+    max_cost, max_tokens = checked(workflow, wf, run_input, None, budget)
+    now = t.now()
+    run = Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+              status=RunStatus.RUNNING, input=run_input, created_by=actor, started_at=now, max_cost_usd=max_cost,
+              max_tokens=max_tokens)
+    step = StepExecution(run=run, key=first.name, name=first.name, type=first.type, branch="", visit=1,
+                         max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
+                         dispatched_at=now if can_publish() else None)
+    hotpath.start(
+        run, step,
+        RunEvent(run=run, kind="run_started", actor=actor,
+                 data={"workflow": workflow.name, "version": workflow.version}),
+        RunEvent(run=run, kind="step_ready", step_key=first.name, data={"type": first.type}))
+    Effects(dispatch=[step.pk], status_changes=[(run.pk, RunStatus.RUNNING)]).publish()
+    return run
+
+
+def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_key: str | None = None,
+               parent_step: StepExecution | None = None, actor: str = "",
+               budget: dict[str, Any] | None = None) -> tuple[Run, bool]:
+    """Insert a run and activate its first step inside the caller's transaction.
+
+    (run, False) when a run with the same idempotency key exists (also when two starts
+    race: the unique constraint decides)."""
+    wf = spec_for(workflow)
+    max_cost, max_tokens = checked(workflow, wf, run_input, idempotency_key, budget)
+    if idempotency_key:
+        existing = Run.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
+                                      idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    now = t.now()
+    try:
+        # The savepoint only serves the idempotency race below; without a key an
+        # IntegrityError is re-raised and rolls back the caller's transaction anyway.
+        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
+            run = Run.objects.create(
+                workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+                status=RunStatus.RUNNING, input=run_input, idempotency_key=idempotency_key or None,
+                parent_run_id=parent_step.run_id if parent_step else None, parent_step=parent_step,
+                created_by=actor, started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens,
+            )
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = Run.objects.get(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
+                                   idempotency_key=idempotency_key)
+        return existing, False
+    run.workflow = workflow
+    fx.event(run.pk, "run_started", actor=actor,
+             data={"workflow": workflow.name, "version": workflow.version,
+                   **({"parent_run": str(parent_step.run_id)} if parent_step else {})})
+    fx.status_changes.append((run.pk, RunStatus.RUNNING))
+    t.activate(run, wf, wf.steps[0], fx)
+    return run, True
+
+
+def start_child_run(parent: Run, step: StepExecution, name: str, version: int | None, run_input: Any,
+                    fx: Effects) -> Run:
+    """Start the child run of a ``workflow`` step inside the parent's transaction."""
+    try:
+        workflow = resolve_workflow(name, workspace=parent.workspace_id, version=version)
+    except NotFound as exc:
+        raise StartError(str(exc)) from None
+    run, _ = create_run(workflow, run_input, fx, parent_step=step, actor=f"run:{parent.pk}")
+    return run

@@ -1,0 +1,86 @@
+"""Forking a run: a new run of the same version that keeps the results before a step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from runs.definitions import input_errors
+from runs.engine import transitions as t
+from runs.engine.effects import Effects
+from runs.errors import StartError
+from runs.models import Run, RunStatus
+from steps.models import StepExecution, StepStatus
+
+from .control import get_run
+
+
+def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str = "") -> Run:
+    """A new run of the same workflow version that keeps the results before ``from_step``.
+
+    The steps the source run completed (or skipped) before it first reached
+    ``from_step`` are copied as completed rows with their output — they are not run
+    again — and ``from_step`` is activated as if its predecessor had just finished,
+    optionally with a changed input (the copied outputs stay as they were). The new
+    run's history names its source. ``from_step`` must be a top-level step the source
+    run reached.
+    """
+    source = get_run(run_id)
+    wf = t.workflow_spec(source)
+    errors: list[tuple[str, str]] = []
+    top_level = [s.name for s in wf.steps]
+    first = None
+    if not isinstance(from_step, str) or from_step not in top_level:
+        errors.append(("from_step", f"{from_step!r} is not a top-level step of {source.workflow} "
+                                    f"(steps: {', '.join(top_level)})"))
+    else:
+        first = (StepExecution.objects.filter(run_id=source.pk, name=from_step, parent__isnull=True)
+                 .order_by("id").first())
+        if first is None:
+            errors.append(("from_step", f"run {source.pk} never reached step {from_step!r}; "
+                                        "fork from a step it reached"))
+    new_input = source.input if run_input is None else run_input
+    if run_input is not None:
+        errors.extend(input_errors(wf, new_input))
+    if errors:
+        raise StartError(f"cannot fork run {source.pk}", errors)
+    assert first is not None
+    copied = list(StepExecution.objects.filter(
+        run_id=source.pk, id__lt=first.pk, status__in=(StepStatus.COMPLETED, StepStatus.SKIPPED)).order_by("id"))
+    now = t.now()
+    with transaction.atomic():
+        fx = Effects()
+        run = Run.objects.create(
+            workspace_id=source.workspace_id, workflow=source.workflow, workflow_name=source.workflow_name,
+            status=RunStatus.RUNNING, input=new_input, created_by=actor, started_at=now,
+            max_cost_usd=source.max_cost_usd, max_tokens=source.max_tokens,
+        )
+        run.workflow = source.workflow
+        fx.event(run.pk, "run_started", actor=actor,
+                 data={"workflow": source.workflow_name, "version": source.workflow.version,
+                       "forked_from": str(source.pk), "from_step": from_step})
+        fx.event(run.pk, "run_forked", actor=actor,
+                 message=f"forked from run {source.pk} at step {from_step!r}; {len(copied)} step(s) kept",
+                 data={"source_run": str(source.pk), "from_step": from_step,
+                       "input_changed": run_input is not None, "kept": [row.key for row in copied]})
+        new_ids: dict[int, int] = {}
+        for row in copied:
+            if row.parent_id is not None and row.parent_id not in new_ids:
+                continue  # a child of a step that is not kept (cannot happen for finished fan-outs)
+            clone = StepExecution.objects.create(
+                run_id=run.pk, key=row.key, name=row.name, type=row.type,
+                parent_id=new_ids.get(row.parent_id) if row.parent_id else None, branch=row.branch,
+                item_index=row.item_index, visit=row.visit, status=row.status, attempt=row.attempt,
+                failures=row.failures, max_attempts=row.max_attempts, input=row.input, output=row.output,
+                error=row.error, state=row.state, ready_at=row.ready_at, started_at=row.started_at,
+                finished_at=row.finished_at,
+            )
+            new_ids[row.pk] = clone.pk
+            # Tokens and cost stay with the source run: the fork did not pay for them again.
+            fx.event(run.pk, "step_copied", row.key, actor=actor,
+                     data={"source_run": str(source.pk), "source_step": row.pk, "status": row.status})
+        fx.status_changes.append((run.pk, RunStatus.RUNNING))
+        t.activate(run, wf, wf.by_name[from_step], fx)
+        fx.flush()
+    return run

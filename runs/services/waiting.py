@@ -1,0 +1,41 @@
+"""Resuming a waiting step: a decision, an event, a child run's end."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from runs.engine import transitions as t
+from runs.engine.effects import Effects
+from runs.errors import NotFound
+from runs.models import RunStatus
+from steps import types as step_types
+from steps.models import StepExecution, StepStatus
+
+
+def resume_waiting_step(step_id: int, outcome: step_types.Outcome, *, actor: str = "",
+                        expected_type: str | None = None, fx: Effects | None = None) -> bool:
+    """Complete or fail a waiting step (a decision, an event, a timer) and move the run on.
+
+    Returns False when the step is no longer waiting (decided already, cancelled).
+    Call it inside your own transaction to make your change and the resume one.
+    """
+    with transaction.atomic():
+        run_id = StepExecution.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
+        if run_id is None:
+            raise NotFound(f"no step execution {step_id}")
+        run = t.lock_run(run_id)
+        row = StepExecution.objects.get(pk=step_id)
+        if row.status != StepStatus.WAITING or (expected_type and row.type != expected_type):
+            return False
+        if run.status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+            return False
+        own_fx = fx is None
+        effects = fx or Effects()
+        wf = t.workflow_spec(run)
+        if actor:
+            effects.event(run.pk, "step_resumed", row.key, actor=actor)
+        t.apply_outcome(run, wf, t.spec_of(wf, row), row, outcome, effects, from_status=StepStatus.WAITING)
+        t.refresh_run_status(run, effects)
+        if own_fx:
+            effects.flush()
+    return True
