@@ -91,3 +91,20 @@ def swallow(ctx: StepContext) -> dict[str, Any]:
 def nan(ctx: StepContext) -> Any:
     """Output that json.dumps accepts by default but JSON (and PostgreSQL's jsonb) does not."""
     return {"ratio": float("nan")}
+
+
+@handler("test.stubborn")
+def stubborn(ctx: StepContext) -> dict[str, Any]:
+    """Ignore every attempt to stop it (a timeout included) for ``seconds``, then answer."""
+    config = ctx.config or {}
+    if config.get("started"):
+        _append(config["started"], f"{ctx.run_id} {ctx.key} {ctx.attempt}")
+    until = time.monotonic() + float(config.get("seconds", 30))
+    while time.monotonic() < until:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # noqa: B036 - the point: a handler that swallows everything
+            pass
+    if config.get("ledger"):
+        _append(config["ledger"], f"{ctx.run_id} {ctx.key} {ctx.attempt} late")
+    return {"late": True, "attempt": ctx.attempt}
