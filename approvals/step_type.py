@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.models import record
-from steps import types
+from steps import clock, types
 from steps.templating import render_value
 
 from .models import Approval, ApprovalStatus, OnTimeout
@@ -53,7 +53,7 @@ class ApprovalType(types.StepType):
         except ValueError as exc:
             return types.Fail({"type": "template_error", "message": str(exc)})
         webhook = render_value(raw.get("webhook") or "", context) or settings.STEVORA.get("APPROVAL_WEBHOOK_URL", "")
-        now = timezone.now()
+        now = clock.now()
         expires_at = now + timedelta(seconds=float(spec.timeout_seconds)) if spec.timeout_seconds else None
         approval = Approval.objects.create(
             step=step, run=run, workspace_id=run.workspace_id, step_key=step.key, workflow_name=run.workflow_name,
@@ -77,7 +77,7 @@ class ApprovalType(types.StepType):
         approval = Approval.objects.filter(step_id=step.pk).order_by("-id").first()
         if approval is None:
             return types.Fail({"type": "approval_missing", "message": f"step {step.key} has no approval request"})
-        now = timezone.now()
+        now = clock.now()
         Approval.objects.filter(pk=approval.pk, status=ApprovalStatus.PENDING).update(
             status=ApprovalStatus.EXPIRED, decided_at=now, decided_by_name="timeout")
         record(run.pk, "approval_expired", step_key=step.key, actor="timeout",

@@ -6,11 +6,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q
-from django.utils import timezone
 
 from runs.engine import transitions as engine
 from runs.models import record
-from steps import types
+from steps import clock, types
 from steps.templating import render_value
 
 from .matching import lock_event_name, matches
@@ -48,7 +47,7 @@ class ExternalEventType(types.StepType):
             return types.Fail({"type": "template_error", "message": str(exc)})
         expression = raw.get("match") or ""
         lookback = float(raw.get("lookback_seconds") or 0)
-        now = timezone.now()
+        now = clock.now()
         lock_event_name(run.workspace_id, name)
         if lookback > 0:
             early = (Event.objects.filter(workspace_id=run.workspace_id, name=name,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from steps import clock
 from steps.templating import render_value
 
 from . import types
@@ -38,7 +39,7 @@ class WaitType(types.StepType):
     name = "wait"
 
     def activate(self, run: Run, step: StepExecution, spec: StepSpec, context: dict[str, Any]) -> types.Outcome:
-        now = timezone.now()
+        now = clock.now()
         if "seconds" in spec.raw:
             raw = render_value(spec.raw["seconds"], context)
             try:
