@@ -68,7 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"runs": 20, "fanout_share": 0.2, "workers": 3, "concurrency": 1, "step_seconds": 0.25,
            "chaos_seconds": 20.0, "kill_every": (2.0, 4.0), "redis_at": 0.25, "postgres_at": 0.55,
            "drain_timeout": 45.0},
-    "default": {"runs": 200, "fanout_share": 0.2, "workers": 3, "concurrency": 2, "step_seconds": 0.1,
+    "default": {"runs": 200, "fanout_share": 0.2, "workers": 3, "concurrency": 2, "step_seconds": 0.3,
                 "chaos_seconds": 90.0, "kill_every": (3.0, 8.0), "redis_at": 0.3, "postgres_at": 0.6,
                 "drain_timeout": 600.0},
 }
@@ -291,10 +291,17 @@ class Chaos:
         redis_due = t0 + args.chaos_seconds * args.redis_at
         postgres_due = t0 + args.chaos_seconds * args.postgres_at
         next_kill = t0 + self.rng.uniform(*args.kill_every)
+        next_look = t0
         while True:
             now = time.monotonic()
-            if self.faults.redis_restarts and self.faults.postgres_restarts and now >= end:
-                return
+            if self.faults.redis_restarts and self.faults.postgres_restarts:
+                if now >= end:
+                    return
+                if now >= next_look:  # every run done: more kills would only hit an idle engine
+                    next_look = now + 0.5
+                    if self.open_runs() == 0:
+                        self.say(f"{now - t0:5.1f}s every run finished; no more faults")
+                        return
             if not self.faults.redis_restarts and now >= redis_due:
                 self.note_idle("the Redis restart")
                 self.redis.restart_empty()
@@ -382,12 +389,23 @@ class Chaos:
                 ends.add((ledger_run, ledger_key, attempt))
         again = sorted(step for step, attempts in starts.items()
                        if step in committed and max(attempts) > committed[step])
-        delays = []
+        # When the reconciler gave a lost attempt's step back (its step_recovered row), to split
+        # each re-run delay into waiting for the sweep and waiting for a worker afterwards.
+        recovered_at: dict[tuple[str, str, int], float] = {}
+        for run_id, key, data, created in (RunEvent.objects.filter(run_id__in=self.run_ids, kind="step_recovered")
+                                           .values_list("run_id", "step_key", "data", "created_at")):
+            if isinstance(data, dict) and data.get("attempt") is not None:
+                recovered_at.setdefault((str(run_id), key, int(data["attempt"])), created.timestamp())
+        delays, to_sweep, to_worker = [], [], []
         for step, attempts in starts.items():
             order = sorted(attempts)
             for earlier, later in zip(order, order[1:], strict=False):
                 if committed.get(step) != earlier:  # this attempt did not commit: the step ran again
                     delays.append(attempts[later] - attempts[earlier])
+                    swept = recovered_at.get((*step, earlier))
+                    if swept is not None:
+                        to_sweep.append(swept - attempts[earlier])
+                        to_worker.append(attempts[later] - swept)
         cut_short = sum(1 for step, attempts in starts.items() for a in attempts if (*step, a) not in ends)
 
         p50 = _percentile(delays, 50)
@@ -400,6 +418,10 @@ class Chaos:
             ("joins fired != 1", f"{joins_bad} (of {len(fanouts)})", "0", joins_bad == 0),
             (f"re-run delay p50 (n={len(delays)})", _seconds(p50), "", None),
             ("re-run delay p90", _seconds(p90), f"<= {limit:g} s", p90 is None or p90 <= limit),
+            (f"  start -> step_recovered p50/p90 (n={len(to_sweep)})",
+             f"{_seconds(_percentile(to_sweep, 50))} / {_seconds(_percentile(to_sweep, 90))}", "", None),
+            ("  step_recovered -> re-run p50/p90",
+             f"{_seconds(_percentile(to_worker, 50))} / {_seconds(_percentile(to_worker, 90))}", "", None),
             ("drain time (last fault -> last run)", _seconds(drain), "", None),
         ]
         seq_runs = total - round(total * args.fanout_share)
@@ -411,10 +433,10 @@ class Chaos:
               f"Redis restart (all messages lost), {self.faults.postgres_restarts} PostgreSQL restart "
               f"(-m immediate); handler executions {executions}, cut short {cut_short}")
         width = max(len(r[0]) for r in rows) + 2
-        print(f"{'metric':<{width}}{'value':>14}  {'target':<10}  ok")
+        print(f"{'metric':<{width}}{'value':>16}  {'target':<10}  ok")
         for name, value, target, ok in rows:
             mark = "" if ok is None else ("yes" if ok else "NO")
-            print(f"{name:<{width}}{value:>14}  {target:<10}  {mark}")
+            print(f"{name:<{width}}{value:>16}  {target:<10}  {mark}")
         for note in self.faults.notes:
             print(f"note: {note}")
         if completed != total:
@@ -424,9 +446,26 @@ class Chaos:
         for step in again[:5]:
             print(f"executed again after its commit: run {step[0]} step {step[1]} (committed attempt "
                   f"{committed[step]}, attempts started {sorted(starts[step])})")
-        if not delays:
+        if delays:
+            print("re-run delays (s): " + " ".join(f"{d:.1f}" for d in sorted(delays)))
+        else:
             print("note: no attempt was cut short inside a handler, so no re-run delay was measured")
+        db_errors = self._database_errors_in_worker_logs()
+        if db_errors:
+            print(f"worker logs: {db_errors} tasks raised a database error (OperationalError/InterfaceError), "
+                  "mostly after the PostgreSQL restart")
         return 0 if all(ok is not False for *_, ok in rows) else 1
+
+    def _database_errors_in_worker_logs(self) -> int:
+        count = 0
+        for worker in self.workers:
+            try:
+                text = worker.log.read_text(errors="replace")
+            except OSError:
+                continue
+            count += sum(1 for line in text.splitlines() if "raised unexpected: OperationalError" in line
+                         or "raised unexpected: InterfaceError" in line)
+        return count
 
     def _unfinished(self) -> list[str]:
         from runs.models import Run, RunStatus
