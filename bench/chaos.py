@@ -235,6 +235,8 @@ class Chaos:
             files.append(str(path))
         self.manage("load_workflows", *files)
 
+        # Django (and with it every model) is imported only now that the environment points
+        # at the private instances: settings are read once, at import.
         import django
 
         django.setup()
