@@ -108,3 +108,17 @@ def stubborn(ctx: StepContext) -> dict[str, Any]:
     if config.get("ledger"):
         _append(config["ledger"], f"{ctx.run_id} {ctx.key} {ctx.attempt} late")
     return {"late": True, "attempt": ctx.attempt}
+
+@handler("test.gate")
+def gate(ctx: StepContext) -> dict[str, Any]:
+    """Append ``start <run> <key> <attempt> <pid> <worker>`` to ``config.ledger``; on the first
+    ``block_attempts`` attempts wait until the file ``config.gate`` exists; then append the
+    ``end`` line. ``<worker>`` is the TEST_WORKER_NAME its worker was started with."""
+    config = ctx.config or {}
+    worker = os.environ.get("TEST_WORKER_NAME", "-")
+    _append(config["ledger"], f"start {ctx.run_id} {ctx.key} {ctx.attempt} {os.getpid()} {worker}")
+    if ctx.attempt <= int(config.get("block_attempts", 1)):
+        while not os.path.exists(config["gate"]):
+            time.sleep(0.05)
+    _append(config["ledger"], f"end {ctx.run_id} {ctx.key} {ctx.attempt} {os.getpid()} {worker}")
+    return {"worker": worker, "attempt": ctx.attempt, "pid": os.getpid()}
