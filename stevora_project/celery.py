@@ -29,3 +29,20 @@ def _ready_file_hook(sender: Celery, **kwargs: object) -> None:
 
     worker_ready.connect(touch, weak=False)
     beat_init.connect(touch, weak=False)
+
+
+@app.on_after_configure.connect
+def _drop_broken_connections(sender: Celery, **kwargs: object) -> None:
+    """Connections are kept across tasks (CELERY_DB_REUSE_MAX), so Celery's Django fixup never
+    closes one; after a PostgreSQL restart a pool process would fail every task on its dead
+    connection until replaced. After each task, close the ones that broke (or outlived
+    CONN_MAX_AGE); the next task opens a fresh one."""
+    from celery.signals import task_postrun
+
+    def close_broken(**_: object) -> None:
+        from django.db import connections
+
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+
+    task_postrun.connect(close_broken, weak=False)

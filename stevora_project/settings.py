@@ -175,6 +175,9 @@ CELERY_TASK_TIME_LIMIT = _TASK_HARD_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
+# Redis serves priority 0 first (kombu's priority_steps 0, 3, 6, 9): step messages go at 3,
+# doorbells the reconciler rings again (recovered steps, lost messages) at 0, ahead of any backlog.
+CELERY_TASK_DEFAULT_PRIORITY = 3
 # Celery's Django fixup closes the DB connection around every task unless told to
 # reuse it; a new PostgreSQL connection per step costs about a third of the speed.
 # We keep connections (CONN_MAX_AGE + health checks) and close only broken ones.

@@ -100,7 +100,7 @@ def test_real_commits_and_deliveries_racing_on_one_run_all_finish(workflow: Any)
         errors: list[BaseException] = []
         start = threading.Barrier(2)
         threads = [
-            _in_thread(lambda: (start.wait(), process_step(t1.pk)), errors),
+            _in_thread(lambda: (start.wait(), process_step(t1.pk)), errors),  # type: ignore[func-returns-value]
             _in_thread(lambda: (start.wait(), deliver_event("race2", key=key)), errors),
         ]
         for thread in threads:

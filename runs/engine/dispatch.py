@@ -36,18 +36,28 @@ def can_publish() -> bool:
     return _engine_process or not settings.IS_EMBEDDED_BROKER
 
 
-def _send(name: str, step_id: int, countdown: float | None = None) -> None:
-    current_app.send_task(name, (step_id,), countdown=countdown)
+# Doorbells the reconciler rings again (a recovered step, a lost message) go ahead of the
+# queue: on Redis, priority 0 is served before the default (CELERY_TASK_DEFAULT_PRIORITY),
+# so a step whose worker died does not wait behind a backlog a second time.
+URGENT = 0
 
 
-def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None) -> None:
+def _send(name: str, step_id: int, countdown: float | None = None, priority: int | None = None) -> None:
+    current_app.send_task(name, (step_id,), countdown=countdown, priority=priority)
+
+
+def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None, *,
+                   urgent: bool = False) -> None:
     if not step_ids and not countdowns:
         return
     fault_point("before_publish")
     if not can_publish():
         return
     try:
-        if len(step_ids) == 1:
+        if urgent:
+            for step_id in step_ids:
+                _send(RUN_STEP, step_id, priority=URGENT)
+        elif len(step_ids) == 1:
             _send(RUN_STEP, step_ids[0])
         elif step_ids:
             # Fan-out: one group; the join is decided in the database, never in a chord.

@@ -29,6 +29,8 @@ class Effects:
     """What a transaction decided to do once it commits."""
 
     dispatch: list[int] = field(default_factory=list)
+    # Doorbells rung again by the reconciler: ahead of the queue (dispatch.URGENT).
+    urgent: list[int] = field(default_factory=list)
     countdowns: list[tuple[int, float]] = field(default_factory=list)
     # Waiting steps due within a minute get a countdown message; later ones only the sweep.
     wakes: list[tuple[int, float]] = field(default_factory=list)
@@ -53,12 +55,13 @@ class Effects:
         if self.history:
             RunEvent.objects.bulk_create(self.history)
             self.history = []
-        if self.dispatch or self.countdowns or self.wakes or self.after_commit or self.status_changes:
+        if self.dispatch or self.urgent or self.countdowns or self.wakes or self.after_commit or self.status_changes:
             transaction.on_commit(self.publish)
 
     def publish(self) -> None:
         fault_point("before_effects")  # crash tests: committed, nothing after it has happened
         dispatch_steps(self.dispatch, self.countdowns)
+        dispatch_steps(self.urgent, urgent=True)
         dispatch_wakes(self.wakes)
         for fn in self.after_commit:
             fn()

@@ -106,7 +106,7 @@ def recover_expired_leases() -> int:
                      data={"attempt": row.attempt, "worker": row.lease_owner,
                            "recovery_count": row.recovery_count + 1})
             if dispatch:
-                fx.dispatch.append(row.pk)
+                fx.urgent.append(row.pk)
             fx.flush()
             recovered += 1
     if recovered:
@@ -154,7 +154,7 @@ def redispatch_ready() -> int:
         for run_id, key in first_rings:
             fx.event(run_id, "step_redispatched", key, message="doorbell overdue; published again")
         fx.flush()
-    dispatch_steps(due)
+    dispatch_steps(due, urgent=True)
     return len(due)
 
 

@@ -120,7 +120,8 @@ def _restore(run: Run, row: StepExecution, previous: str, fx: Effects, *, reset_
     fields: dict[str, Any] = {"status": status, "finished_at": None, "lease_owner": "", "lease_until": None,
                               "not_before": None}
     if reset_failures:
-        fields.update(failures=0, error=None)
+        # A fresh set of attempts: a dead-lettered step (too many lost workers) runs again too.
+        fields.update(failures=0, recovery_count=0, error=None)
     else:
         fields["error"] = None
     if status == StepStatus.WAITING and not step_types.is_work(row.type):
