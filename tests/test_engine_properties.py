@@ -37,7 +37,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -219,7 +219,7 @@ class EngineMachine(RuleBasedStateMachine):
             ph.ARMED.clear()
         self.check_committed_steps()
 
-    @precondition(lambda self: ph.BELLS)
+    @precondition(lambda self: bool(ph.BELLS))
     @rule(pick=st.integers(0, 50), fault=st.sampled_from(FAULTS), duplicate=st.booleans())
     def deliver(self, pick: int, fault: str | None, duplicate: bool) -> None:
         step_id = ph.BELLS.pop(pick % len(ph.BELLS))
@@ -227,12 +227,12 @@ class EngineMachine(RuleBasedStateMachine):
         if duplicate:
             self._process(step_id)  # the broker hands the same message out again
 
-    @precondition(lambda self: ph.BELLS)
+    @precondition(lambda self: bool(ph.BELLS))
     @rule(pick=st.integers(0, 50))
     def lose(self, pick: int) -> None:
         ph.BELLS.pop(pick % len(ph.BELLS))
 
-    @precondition(lambda self: ph.BELLS)
+    @precondition(lambda self: bool(ph.BELLS))
     @rule(pick=st.integers(0, 50), by_reconciler=st.booleans())
     def deliver_to_a_stalled_worker(self, pick: int, by_reconciler: bool) -> None:
         """The worker claims the step and stalls past its lease; the step is taken over
@@ -261,7 +261,7 @@ class EngineMachine(RuleBasedStateMachine):
             fresh = executor.execute_and_commit(fresh)
         self.check_committed_steps()
 
-    @precondition(lambda self: ph.WAKES)
+    @precondition(lambda self: bool(ph.WAKES))
     @rule(pick=st.integers(0, 50), lost=st.booleans())
     def timer(self, pick: int, lost: bool) -> None:
         step_id = ph.WAKES.pop(pick % len(ph.WAKES))
@@ -294,7 +294,9 @@ class EngineMachine(RuleBasedStateMachine):
     def control(self, action: str, pick: int) -> None:
         runs = tree_of(self.top)
         target = runs[pick % len(runs)] if pick % 3 else self.top  # mostly the top-level run
-        act = {"cancel": cancel_run, "pause": pause_run, "resume": resume_run, "retry": retry_run}[action]
+        actions: dict[str, Callable[..., Run]] = {
+            "cancel": cancel_run, "pause": pause_run, "resume": resume_run, "retry": retry_run}
+        act = actions[action]
         try:
             act(target, actor="property-test")
         except IllegalTransition:
