@@ -8,6 +8,8 @@ class EventsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import tasks  # noqa: F401 - register the Celery task
+        from .api import register_api_errors
         from .step_type import register_event_type
 
         register_event_type()
+        register_api_errors()
