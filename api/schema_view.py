@@ -10,16 +10,26 @@ may be imported.)
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 
+class _FormatParameter(DefaultContentNegotiation):
+    """``?format=json`` chooses the schema's format (the API itself has one format and no such parameter)."""
+
+    settings = SimpleNamespace(URL_FORMAT_OVERRIDE="format")  # type: ignore[assignment]
+
+
 class SchemaView(SpectacularAPIView):
     """``/api/schema/``: generated on the first request, under a lock, then served from memory."""
+
+    content_negotiation_class = _FormatParameter
 
     _lock = threading.Lock()
     _schema: dict[str, Any] | None = None

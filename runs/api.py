@@ -142,7 +142,8 @@ class RunListCreate(generics.GenericAPIView):
 
     @extend_schema(
         operation_id="runs_start", request=RunStartSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+        parameters=[OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255,
+                                                         "pattern": r"\S"}, OpenApiParameter.HEADER,
                                      description="The same key returns the same run (200 instead of 201).")],
         responses={201: RunDetailSerializer, 200: OpenApiResponse(RunDetailSerializer,
                                                                  description="The run this idempotency key started.")},
