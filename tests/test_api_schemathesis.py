@@ -13,9 +13,11 @@ near a minute on two cores). The release check runs it with 100 (docs/api.md):
 
     SCHEMATHESIS_EXAMPLES=100 DATABASE_URL=… CELERY_BROKER_URL=… pytest tests/test_api_schemathesis.py
 
-PostgreSQL only: it is the production database and the stricter one (it refuses NUL
-and lone surrogates that SQLite stores), and the embedded mode serves the same views.
-The first thing sent to the fresh worker is eight concurrent requests for the schema.
+The schemathesis run is PostgreSQL only: it is the production database and the
+stricter one (it refuses NUL and lone surrogates that SQLite stores), the embedded
+mode serves the same views, and the suite's time budget holds one such run. The
+hostile-request test over gunicorn runs in both modes. Each starts a fresh worker
+whose first requests are eight concurrent requests for the schema.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ CHECKS = ",".join([
 # schema can state (a definition's step names and handlers, a fork's `from_step`, an approval that
 # does not allow edits, text with NUL); those answers are documented 400s naming the field.
 
-pytestmark = pytest.mark.skipif(connection.vendor != "postgresql",
-                                reason="runs on PostgreSQL (the production database); see the module docstring")
+postgres_only = pytest.mark.skipif(connection.vendor != "postgresql",
+                                   reason="runs on PostgreSQL (the production database); see the module docstring")
 
 
 def _free_port() -> int:
@@ -136,12 +138,43 @@ def _schemathesis(url: str, key: str, label: str, config: Path) -> str:
     return output
 
 
-def test_the_api_honours_its_schema_under_gunicorn_with_any_key(gunicorn: Any, tmp_path: Path) -> None:
-    url, proc = gunicorn
-    with ThreadPoolExecutor(8) as pool:  # the fresh worker's first requests, all at once
+def _concurrent_first_schema_requests(url: str, proc: Proc) -> None:
+    with ThreadPoolExecutor(8) as pool:  # the fresh worker's first requests for the schema, all at once
         answers = list(pool.map(lambda _: httpx.get(f"{url}/api/schema/?format=json", timeout=60), range(8)))
     assert [a.status_code for a in answers] == [200] * 8, proc.log()
     assert len({a.content for a in answers}) == 1
+
+
+def test_gunicorn_answers_hostile_requests_in_the_json_error_body(gunicorn: Any) -> None:
+    """Both modes: what a user runs (gunicorn, threads, DEBUG off), not the test client."""
+    url, proc = gunicorn
+    _concurrent_first_schema_requests(url, proc)
+    user = User.objects.create_superuser("ops", password="ops-pass-123")
+    load_workflow(three_steps())
+    headers = {"Authorization": f"Bearer {_key(user, Workspace.default())}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+        big = http.post("/api/v1/events/", content=b'{"name": "n", "payload": "' + b"x" * (10 * 1024 * 1024) + b'"}')
+        assert big.status_code == 413 and big.json()["type"] == "request_too_large"
+        nul = http.get("/api/v1/definitions/", params={"name": "a\x00b"})
+        assert nul.status_code == 400 and nul.json()["errors"][0]["field"] == "name"
+        deep = http.post("/api/v1/runs/", content=b'{"workflow": "api-three", "input": ' + b'{"a":' * 1000 + b"1"
+                         + b"}" * 1001)
+        assert deep.status_code == 400 and deep.json()["errors"][0]["field"].startswith("input.a.a")
+        surrogate = http.post("/api/v1/runs/", content=b'{"workflow": "api-three", "input": {"topic": "\\ud800"}}')
+        assert surrogate.status_code == 400 and surrogate.json()["errors"][0]["field"] == "input.topic"
+        missing = http.get("/api/v1/nowhere/")
+        assert missing.status_code == 404 and missing.json()["type"] == "not_found"
+        for path in ("/api/v1/definitions/", "/api/v1/runs/", "/api/v1/approvals/", "/api/v1/events/",
+                     "/api/v1/cost/"):
+            assert http.options(path).status_code == 200, path
+        assert http.get("/api/v1/runs/", params={"page_size": "0"}).json()["errors"][0]["field"] == "page_size"
+    assert "Internal Server Error" not in proc.log() and "Traceback" not in proc.log()
+
+
+@postgres_only
+def test_the_api_honours_its_schema_under_gunicorn_with_any_key(gunicorn: Any, tmp_path: Path) -> None:
+    url, proc = gunicorn
+    _concurrent_first_schema_requests(url, proc)
 
     fuzz = User.objects.create_superuser("fuzz", password="fuzz-pass-123")
     load_workflow(three_steps())
