@@ -79,8 +79,8 @@ class ApprovalDecide(APIView):
 
 
 def _decision_error(exc: services.DecisionError) -> Response:
-    fields = errors.field_error(str(exc), {"approve", "comment", "content"})
-    if fields:
+    fields = errors.field_error(str(exc))
+    if fields and fields[0]["field"].split(".")[0].split("[")[0] in {"approve", "comment", "content"}:
         return Response(errors.body("invalid_input", str(exc), fields), 400)
     return Response(errors.body("conflict", str(exc)), 409)
 

@@ -20,6 +20,7 @@ from runs import engine
 from runs.models import record
 from runs.services import resume_waiting_step
 from steps import types as step_types
+from steps.jsonvalues import json_problems, text_problem
 
 from .models import Approval, ApprovalStatus
 
@@ -88,9 +89,15 @@ def _check_input(approval: Approval, comment: Any, content: Any) -> None:
         raise DecisionError("comment: must be a string")
     if len(comment) > MAX_COMMENT:
         raise DecisionError(f"comment: must be at most {MAX_COMMENT} characters")
+    problem = text_problem(comment)
+    if problem:
+        raise DecisionError(f"comment: {problem}")
     if content is not None:
         if not approval.allow_edit:
             raise DecisionError(f"content: approval #{approval.pk} does not allow editing the content")
+        hostile = json_problems(content, "content")  # the same rules as run input and event payloads
+        if hostile:
+            raise DecisionError(f"{hostile[0][0]}: {hostile[0][1]}")
         try:
             json.dumps(content)
         except (TypeError, ValueError):

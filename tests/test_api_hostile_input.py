@@ -302,6 +302,24 @@ def test_schema_generation_is_safe_for_concurrent_first_requests_in_one_process(
 # --- approvals ----------------------------------------------------------------------------------
 
 
+def test_a_decision_with_a_nul_in_its_comment_or_content_is_refused_by_the_service_too(api: APIClient) -> None:
+    from django.contrib.auth.models import User
+
+    from approvals.models import Approval
+    from approvals.services import DecisionError, decide
+
+    load_workflow(approval_first("editable", allow_edit=True))
+    start_run("editable", {"topic": "t"})
+    approval = Approval.objects.get()
+    boss = User.objects.create_superuser("boss", password="boss-pass-123")
+    with pytest.raises(DecisionError, match="^comment: "):
+        decide(approval.pk, user=boss, approve=True, comment="ok\x00")
+    with pytest.raises(DecisionError, match=r"^content\.text: "):
+        decide(approval.pk, user=boss, approve=True, content={"text": "\ud800"})
+    approval.refresh_from_db()
+    assert approval.status == "pending"
+
+
 def test_pending_approvals_are_cursor_paginated_and_filtered_by_the_same_rules(api: APIClient) -> None:
     from django.contrib.auth.models import Group, Permission
 

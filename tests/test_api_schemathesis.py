@@ -131,6 +131,9 @@ def _schemathesis(url: str, key: str, label: str, config: Path) -> str:
             "--header", f"Authorization: Bearer {key}", "--workers", "1", "--seed", "10",
             "--generation-database", "none", "--suppress-health-check", "all", "--request-timeout", "60",
             "--no-color", "--output-truncate", "true"]
+    report_dir = os.environ.get("SCHEMATHESIS_REPORT_DIR")  # e.g. to count the cases per operation
+    if report_dir:
+        argv += ["--report", "ndjson", "--report-ndjson-path", os.path.join(report_dir, f"{label.split()[0]}.ndjson")]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     print(f"--- schemathesis ({label}) ---\n{output[-4000:]}")  # noqa: T201 - the summary, in the test log
