@@ -342,3 +342,19 @@ def test_pending_approvals_are_cursor_paginated_and_filtered_by_the_same_rules(a
     seen = [row["workflow_name"] for row in first["results"] + second["results"]]
     assert seen == ["open", "open", "for-ops", "for-carol"]  # oldest first, not dave's
     assert client_for(nobody).get("/api/v1/approvals/").json()["results"] == []
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2MB", "STEVORA_API_MAX_BODY_BYTES must be an integer, got '2MB'"),
+    ("100", "STEVORA_API_MAX_BODY_BYTES must be at least 1024, got 100"),
+])
+def test_a_bad_body_limit_stops_start_up_naming_the_variable(value: str, expected: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.workers import ROOT, subprocess_env
+
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={**subprocess_env(), "DJANGO_SETTINGS_MODULE": "stevora_project.settings",
+                                 "STEVORA_API_MAX_BODY_BYTES": value}, timeout=120)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr[-2000:]
