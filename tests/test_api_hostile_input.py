@@ -284,6 +284,7 @@ def test_schema_generation_is_safe_for_concurrent_first_requests_in_one_process(
     """The threaded-gunicorn case runs in test_api_schemathesis (a fresh worker process); here, threads."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from django.db import connections
     from django.test import Client
 
     from api.schema_view import SchemaView
@@ -291,8 +292,11 @@ def test_schema_generation_is_safe_for_concurrent_first_requests_in_one_process(
     SchemaView._schema = None
 
     def fetch(_: int) -> tuple[int, int]:
-        response = Client().get("/api/schema/?format=json")
-        return response.status_code, len(response.content)
+        try:
+            response = Client().get("/api/schema/?format=json")
+            return response.status_code, len(response.content)
+        finally:
+            connections.close_all()  # this thread's own connection, or the test database outlives the test
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(fetch, range(8)))
