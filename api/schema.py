@@ -1,4 +1,4 @@
-"""drf-spectacular: every operation documents the error bodies it may answer with."""
+"""drf-spectacular: every operation documents exactly the error answers it may give."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ class FieldErrorSerializer(serializers.Serializer):
 
 
 class ErrorSerializer(serializers.Serializer):
-    type = serializers.CharField(help_text="Machine-readable kind: invalid_input, not_authenticated, "
-                                           "authentication_failed, permission_denied, not_found, conflict, "
-                                           "throttled, …")
+    type = serializers.CharField(help_text="Machine-readable kind: invalid_input, invalid_definition, "
+                                           "parse_error, not_authenticated, authentication_failed, "
+                                           "permission_denied, not_found, conflict, request_too_large, "
+                                           "unsupported_media_type, not_acceptable, throttled")
     detail = serializers.CharField(help_text="What went wrong, in words.")
     errors = FieldErrorSerializer(  # type: ignore[assignment]
         many=True, help_text="One entry per bad field (empty when no field is to blame).")
@@ -28,20 +29,39 @@ def _error(description: str) -> OpenApiResponse:
 
 
 class StevoraAutoSchema(AutoSchema):
+    """Adds the error answers each operation can give, and only those.
+
+    Views say what the generic rules cannot see: ``may_conflict = True`` for a 409.
+    """
+
+    def _error_responses(self) -> dict[str, OpenApiResponse]:
+        view = self.view
+        public = getattr(view, "public_endpoint", False)
+        unsafe = self.method not in ("GET", "HEAD", "OPTIONS")
+        errors: dict[str, OpenApiResponse] = {}
+        if public:
+            return errors
+        paginated = not unsafe and getattr(view, "pagination_class", None) is not None
+        # Every operation: a query string or path with a NUL character is refused (api.middleware).
+        errors["400"] = _error("Invalid input; `errors` names each bad field.")
+        errors["401"] = _error("No API key, or an invalid or revoked one.")
+        if unsafe:
+            errors["403"] = _error("The key's user lacks the permission.")
+        if "{" in self.path or paginated:
+            errors["404"] = _error("Not found in the caller's workspace (or a bad pagination cursor).")
+        errors["406"] = _error("The Accept header asks for something other than JSON.")
+        if getattr(view, "may_conflict", False):
+            errors["409"] = _error("The object is not in a state that allows this "
+                                   "(e.g. cancelling a finished run, deciding a decided approval).")
+        if unsafe:
+            errors["413"] = _error("The body is larger than the server's limit (STEVORA_API_MAX_BODY_BYTES).")
+            errors["415"] = _error("The body is not JSON (send Content-Type: application/json).")
+        errors["429"] = _error("Rate limit exceeded; see the Retry-After header.")
+        return errors
+
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
-        view = self.view
-        errors: dict[str, OpenApiResponse] = {}
-        if not getattr(view, "public_endpoint", False):
-            errors["401"] = _error("No API key, or an invalid or revoked one.")
-            errors["403"] = _error("The key's user lacks the permission.")
-            errors["429"] = _error("Rate limit exceeded; see the Retry-After header.")
-        errors["404"] = _error("Not found in the caller's workspace (or a bad cursor).")
-        if not getattr(view, "public_endpoint", False):
-            errors["400"] = _error("Invalid input; `errors` names each bad field.")
-        if self.method == "POST":
-            errors["409"] = _error("The object is not in a state that allows this (e.g. cancelling a finished run).")
-        for code, resp in errors.items():
+        for code, resp in self._error_responses().items():
             if code not in responses:
                 responses[code] = self._get_response_for_code(resp, code, direction=direction)
         return responses

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
+from django.db import DataError
 from django.db.models import Model, QuerySet
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -35,7 +36,7 @@ def get_scoped(request: Request, queryset: QuerySet[M], what: str, field: str = 
     """One object of the caller's workspace, or 404 (also for malformed ids)."""
     try:
         obj = scoped(request, queryset, field).filter(**lookup).first()
-    except (ValueError, TypeError, ValidationError):  # a malformed id (not a UUID) is a miss
+    except (ValueError, TypeError, OverflowError, DataError, ValidationError):  # a malformed id is a miss
         obj = None
     if obj is None:
         raise NotFound(f"no {what} {next(iter(lookup.values()), '')!s}".rstrip())

@@ -7,6 +7,8 @@ class ApprovalsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from .api import register_api_errors
         from .step_type import register_approval_type
 
         register_approval_type()
+        register_api_errors()

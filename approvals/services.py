@@ -11,14 +11,16 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import connection, transaction
+from django.db.models import BooleanField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from runs.engine import transitions as engine
 from runs.models import record
 from runs.services import resume_waiting_step
 from steps import types as step_types
+from steps.jsonvalues import json_problems, text_problem
 
 from .models import Approval, ApprovalStatus
 
@@ -87,9 +89,15 @@ def _check_input(approval: Approval, comment: Any, content: Any) -> None:
         raise DecisionError("comment: must be a string")
     if len(comment) > MAX_COMMENT:
         raise DecisionError(f"comment: must be at most {MAX_COMMENT} characters")
+    problem = text_problem(comment)
+    if problem:
+        raise DecisionError(f"comment: {problem}")
     if content is not None:
         if not approval.allow_edit:
             raise DecisionError(f"content: approval #{approval.pk} does not allow editing the content")
+        hostile = json_problems(content, "content")  # the same rules as run input and event payloads
+        if hostile:
+            raise DecisionError(f"{hostile[0][0]}: {hostile[0][1]}")
         try:
             json.dumps(content)
         except (TypeError, ValueError):
@@ -157,13 +165,39 @@ def decide(approval_id: Any, *, user: Any, approve: bool, comment: str = "", con
     return Decision(approval, output)
 
 
+def _json_list_has_any(field: str, values: list[str]) -> Q:
+    """``field`` (a JSON list of strings) holds one of ``values``, decided in SQL."""
+    if not values:
+        return Q(pk__in=[])
+    if connection.vendor == "postgresql":
+        return Q(**{f"{field}__has_any_keys": values})  # jsonb ?| : array elements count as keys
+    # SQLite (and others with json_each): the JSONField ``contains`` lookup is PostgreSQL-only.
+    marks = ", ".join(["%s"] * len(values))
+    return Q(RawSQL(f"EXISTS (SELECT 1 FROM json_each({Approval._meta.db_table}.{field}) "
+                    f"WHERE json_each.value IN ({marks}))", values, output_field=BooleanField()))
+
+
+def decidable_by(user: Any) -> QuerySet[Approval]:
+    """Pending approvals ``user`` may decide, oldest first: ``may_decide``'s rules as one query.
+
+    Unrestricted approvals, approvals naming the user, or one of the user's groups;
+    superusers decide every one; nobody without the decide permission decides any.
+    """
+    rows = Approval.objects.filter(status=ApprovalStatus.PENDING).order_by("requested_at", "id")
+    if (user is None or isinstance(user, AnonymousUser) or not getattr(user, "is_authenticated", False)
+            or not user.is_active or not user.has_perm(DECIDE_PERMISSION)):
+        return rows.none()
+    if user.is_superuser:
+        return rows
+    groups = sorted(user.groups.values_list("name", flat=True))
+    unrestricted = Q(allowed_users=[], allowed_groups=[])
+    return rows.filter(unrestricted | _json_list_has_any("allowed_users", [user.get_username()])
+                       | _json_list_has_any("allowed_groups", groups))
+
+
 def pending_for(user: Any) -> list[Approval]:
     """Pending approvals ``user`` may decide, oldest first."""
-    if user is None or not getattr(user, "is_authenticated", False) or not user.has_perm(DECIDE_PERMISSION):
-        return []
-    rows = Approval.objects.filter(status=ApprovalStatus.PENDING).order_by("requested_at", "id")
-    groups = set(user.groups.values_list("name", flat=True))
-    return [a for a in rows if may_decide(user, a, groups)[0]]
+    return list(decidable_by(user))
 
 
 def pending(queryset: QuerySet[Approval] | None = None) -> QuerySet[Approval]:

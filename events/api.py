@@ -8,18 +8,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import errors
+from api.fields import AnyJSONField, StrictCharField, TextOrIntegerField
 from api.scoping import workspace_of
 
 from . import services
 
 
 class EventInSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=services.MAX_NAME)
-    key = serializers.CharField(required=False, allow_blank=True, max_length=services.MAX_KEY,
-                                help_text="Correlation key the waiting steps match on (e.g. an order id).")
-    payload = serializers.JSONField(required=False, help_text="Any JSON; the waiting step's output carries it.")
-    id = serializers.CharField(required=False, max_length=255,
-                               help_text="Your id for deduplication: the same id again is the same event.")
+    name = StrictCharField(max_length=services.MAX_NAME)
+    key = TextOrIntegerField(required=False, max_length=services.MAX_KEY,
+                             help_text="Correlation key the waiting steps match on (e.g. an order id); "
+                                       "an integer is stored as its text.")
+    payload = AnyJSONField(required=False, help_text="Any JSON; the waiting step's output carries it "
+                                                     "(null or absent: {}).")
+    id = StrictCharField(required=False, max_length=255,
+                         help_text="Your id for deduplication: the same id again is the same event.")
 
 
 class EventOutSerializer(serializers.Serializer):
@@ -52,3 +56,8 @@ class EventDeliver(APIView):
                "matched_steps": delivery.matched_step_ids}
         return Response(EventOutSerializer(out).data,
                         status=status.HTTP_200_OK if delivery.duplicate else status.HTTP_201_CREATED)
+
+
+def register_api_errors() -> None:
+    """How the API answers this app's errors (called from ``EventsConfig.ready``)."""
+    errors.register(services.EventError, errors.simple(400, "invalid_input"))

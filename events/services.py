@@ -16,6 +16,7 @@ from runs.engine import transitions as engine
 from runs.models import Workspace, record
 from runs.services import resume_waiting_step
 from steps import types as step_types
+from steps.jsonvalues import json_problems, text_problem
 from steps.models import StepStatus
 
 from .matching import lock_event_name, matches
@@ -66,13 +67,21 @@ def _validate(name: Any, key: Any, payload: Any, event_id: Any) -> tuple[str, st
         raise EventError(f"key: must be at most {MAX_KEY} characters")
     if payload is None:
         payload = {}
+    if event_id is not None:
+        if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 255:
+            raise EventError("event_id: must be a non-empty string of at most 255 characters")
+    for field_name, text in (("name", name), ("key", key), ("event_id", event_id)):
+        problem = text_problem(text) if text else None
+        if problem:
+            raise EventError(f"{field_name}: {problem}")
+    # The same checks as run input (NUL, lone surrogates, depth, 64-bit integers), first problem named.
+    hostile = json_problems(payload, "payload")
+    if hostile:
+        raise EventError(f"{hostile[0][0]}: {hostile[0][1]}")
     try:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EventError(f"payload: must be JSON-serialisable ({exc})") from None
-    if event_id is not None:
-        if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 255:
-            raise EventError("event_id: must be a non-empty string of at most 255 characters")
     return name, key, payload, event_id
 
 

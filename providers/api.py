@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.fields import QuerySerializer
 from api.scoping import workspace_of
 
 from .models import LLMCall
@@ -21,17 +22,14 @@ from .models import LLMCall
 TRUNC = {"day": TruncDay, "week": TruncWeek, "month": TruncMonth}
 
 
-class CostQuerySerializer(serializers.Serializer):
+class CostQuerySerializer(QuerySerializer):
     period = serializers.ChoiceField(choices=list(TRUNC), default="day", help_text="Bucket size of `by_period`.")
-    since = serializers.DateTimeField(required=False, help_text="ISO 8601, inclusive (default: 30 days ago).")
+    since = serializers.DateTimeField(required=False, help_text="ISO 8601, inclusive (default: 30 days before "
+                                                                "`until`). `since` at or after `until` is an "
+                                                                "empty window: zero totals.")
     until = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive (default: now).")
     workflow = serializers.CharField(required=False, max_length=200, help_text="Only this workflow's runs.")
     provider = serializers.CharField(required=False, max_length=100, help_text="Only this provider's calls.")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
-            raise serializers.ValidationError({"until": ["must be after since"]})
-        return attrs
 
 
 class CostRowSerializer(serializers.Serializer):
@@ -72,7 +70,10 @@ class CostSummary(APIView):
         query.is_valid(raise_exception=True)
         q = query.validated_data
         until = q.get("until") or timezone.now()
-        since = q.get("since") or until - timedelta(days=30)
+        try:
+            since = q.get("since") or until - timedelta(days=30)
+        except OverflowError:  # an `until` in year 1: the window starts where it ends
+            since = until
         calls = LLMCall.objects.filter(run__workspace=workspace_of(request), started_at__gte=since,
                                        started_at__lt=until)
         if q.get("workflow"):

@@ -15,12 +15,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.pagination import NewestFirst
+from api.fields import INT32_MAX
+from api.pagination import NewestFirst, OldestFirst
 from api.scoping import get_scoped, scoped, workspace_of
 from steps.models import StepExecution
 
@@ -31,6 +31,7 @@ from .serializers import (
     ControlSerializer,
     DefinitionCreatedSerializer,
     DefinitionCreateSerializer,
+    DefinitionFilterSerializer,
     ForkSerializer,
     RunCostSerializer,
     RunDetailSerializer,
@@ -62,12 +63,14 @@ class DefinitionListCreate(generics.GenericAPIView):
     required_permissions = {"POST": ["runs.add_workflow"]}
 
     def get_queryset(self) -> QuerySet[Workflow]:
+        filters = DefinitionFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
         qs = scoped(self.request, Workflow.objects.all())
-        name = self.request.query_params.get("name")
+        name = filters.validated_data.get("name")
         return qs.filter(name=name) if name else qs
 
     @extend_schema(operation_id="definitions_list", responses=WorkflowSummarySerializer(many=True),
-                   parameters=[OpenApiParameter("name", str, description="Only the versions of this workflow.")],
+                   parameters=[DefinitionFilterSerializer],
                    summary="List stored definition versions, newest first")
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
@@ -99,7 +102,7 @@ class DefinitionVersion(APIView):
     @extend_schema(operation_id="definitions_version", responses=WorkflowSerializer,
                    summary="One version of a workflow")
     def get(self, request: Request, name: str, version: int) -> Response:
-        if version < 1:
+        if not 1 <= version <= INT32_MAX:
             raise services.NotFound(f"no workflow named {name!r} v{version}")
         workflow = services.resolve_workflow(name, workspace=workspace_of(request), version=version)
         return Response(WorkflowSerializer(workflow).data)
@@ -139,7 +142,8 @@ class RunListCreate(generics.GenericAPIView):
 
     @extend_schema(
         operation_id="runs_start", request=RunStartSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
+        parameters=[OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255,
+                                                         "pattern": r"\S"}, OpenApiParameter.HEADER,
                                      description="The same key returns the same run (200 instead of 201).")],
         responses={201: RunDetailSerializer, 200: OpenApiResponse(RunDetailSerializer,
                                                                  description="The run this idempotency key started.")},
@@ -174,6 +178,7 @@ class RunDetail(APIView):
 
 class _Control(APIView):
     required_permissions = {"POST": ["runs.change_run"]}
+    may_conflict = True
     action = ""
 
     def post(self, request: Request, run_id: str) -> Response:
@@ -217,13 +222,6 @@ class RunFork(APIView):
                                    actor=actor_of(request))
         run = Run.objects.select_related("workflow").get(pk=forked.pk)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
-
-
-class OldestFirst(CursorPagination):
-    ordering = ("id",)
-    page_size = 200
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
 
 class RunHistory(generics.GenericAPIView):

@@ -24,6 +24,8 @@ def parse_json_arg(value: str, what: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise CommandError(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise CommandError(f"{what} nests too deeply to parse") from None
 
 
 def run_as_json(run: Run) -> dict[str, Any]:

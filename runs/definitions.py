@@ -20,12 +20,15 @@ from typing import Any
 import jsonschema
 import yaml
 
+from steps.jsonvalues import json_problems
 from steps.templating import TemplateProblem, check_expression, check_template, walk_templates
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workflow-v1.schema.json"
 END = "end"
 WORK_TYPES = frozenset({"task", "llm"})
 RESERVED_NAMES = frozenset({END})
+# A definition bigger than this is a mistake or an attack (YAML aliases expand without copying).
+MAX_DEFINITION_VALUES = 100_000
 
 
 class DefinitionError(ValueError):
@@ -160,6 +163,8 @@ def parse_text(text: str, source: str | None = None) -> Any:
     except json.JSONDecodeError as exc:
         raise DefinitionError([("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")],
                               source) from None
+    except RecursionError:
+        raise DefinitionError([("", "nested too deeply to parse")], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -366,6 +371,10 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
     if not isinstance(document, dict):
         kind = type(document).__name__ if document is not None else "an empty document"
         raise DefinitionError([("", f"a workflow definition must be a mapping (object), got {kind}")], source)
+    # Before the schema: its validator, hashing and storage all choke on these.
+    errors = json_problems(document, max_nodes=MAX_DEFINITION_VALUES)
+    if errors:
+        raise DefinitionError(errors, source)
     errors = _schema_errors(document)
     if errors:
         raise DefinitionError(errors, source)
@@ -420,6 +429,9 @@ def spec_for(workflow: Any) -> WorkflowSpec:
 def input_errors(spec: WorkflowSpec, run_input: Any) -> list[tuple[str, str]]:
     if not isinstance(run_input, dict):
         return [("input", f"run input must be a JSON object, got {type(run_input).__name__}")]
+    hostile = json_problems(run_input, "input")
+    if hostile:
+        return hostile
     if not spec.input_schema:
         return []
     validator = jsonschema.Draft202012Validator(spec.input_schema)

@@ -7,6 +7,15 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from api.fields import (
+    INT32_MAX,
+    INT64_MAX,
+    JSONObjectField,
+    MoneyField,
+    QuerySerializer,
+    StrictCharField,
+    StrictIntegerField,
+)
 from steps.models import StepExecution, StepStatus
 
 from .models import Run, RunEvent, RunStatus, Workflow
@@ -28,9 +37,25 @@ class WorkflowSummarySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({"oneOf": [{"type": "object", "additionalProperties": True}, {"type": "string"}]})
+class DefinitionField(serializers.JSONField):
+    """The document as a JSON object, or its YAML/JSON text."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, (dict, str)):
+            kind = "null" if data is None else type(data).__name__
+            raise serializers.ValidationError(f"must be the workflow document (an object) or its YAML/JSON text, "
+                                              f"got {kind}")
+        return super().to_internal_value(data)  # type: ignore[arg-type]
+
+
 class DefinitionCreateSerializer(serializers.Serializer):
-    definition = serializers.JSONField(help_text="The workflow document (the same JSON/YAML structure "
-                                                 "`load_workflows` reads), validated against the published schema.")
+    definition = DefinitionField(help_text="The workflow document (the same JSON/YAML structure `load_workflows` "
+                                           "reads) or its text, validated against the published schema.")
+
+
+class DefinitionFilterSerializer(QuerySerializer):
+    name = serializers.CharField(required=False, max_length=200, help_text="Only the versions of this workflow.")
 
 
 class DefinitionCreatedSerializer(WorkflowSerializer):
@@ -100,17 +125,18 @@ class RunDetailSerializer(RunSerializer):
 
 
 class RunStartSerializer(serializers.Serializer):
-    workflow = serializers.CharField(max_length=200, help_text="Workflow name (the latest version unless `version`).")
-    version = serializers.IntegerField(required=False, min_value=1)
-    input = serializers.JSONField(required=False, default=dict, help_text="The run input: a JSON object.")
-    idempotency_key = serializers.CharField(required=False, max_length=255, allow_blank=False,
-                                            help_text="Or the `Idempotency-Key` header: the same key returns "
-                                                      "the same run (200 instead of 201).")
-    max_cost_usd = serializers.DecimalField(required=False, max_digits=14, decimal_places=6, min_value=0)
-    max_tokens = serializers.IntegerField(required=False, min_value=1)
+    workflow = StrictCharField(max_length=200, help_text="Workflow name (the latest version unless `version`).")
+    version = StrictIntegerField(required=False, min_value=1, max_value=INT32_MAX)
+    input = JSONObjectField(required=False, default=dict, help_text="The run input: a JSON object.")
+    idempotency_key = StrictCharField(required=False, max_length=255, allow_blank=False,
+                                      help_text="Or the `Idempotency-Key` header: the same key returns "
+                                                "the same run (200 instead of 201).")
+    max_cost_usd = MoneyField(required=False, help_text="Budget: the run fails once its LLM calls cost more.")
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=INT64_MAX,
+                                    help_text="Budget: the run fails once its LLM calls use more tokens.")
 
 
-class RunFilterSerializer(serializers.Serializer):
+class RunFilterSerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
     workflow = serializers.CharField(required=False, max_length=200)
     created_after = serializers.DateTimeField(required=False, help_text="ISO 8601; inclusive.")
@@ -118,14 +144,14 @@ class RunFilterSerializer(serializers.Serializer):
 
 
 class ControlSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000,
+    reason = StrictCharField(required=False, allow_blank=True, max_length=2000,
                                    help_text="Cancel only: recorded in the run's error and history.")
 
 
 class ForkSerializer(serializers.Serializer):
-    from_step = serializers.CharField(max_length=200, help_text="A top-level step the source run reached: "
-                                                                "results of the steps before it are kept.")
-    input = serializers.JSONField(required=False, help_text="Changed run input (default: the source run's).")
+    from_step = StrictCharField(max_length=200, help_text="A top-level step the source run reached: "
+                                                          "results of the steps before it are kept.")
+    input = JSONObjectField(required=False, help_text="Changed run input (default: the source run's).")
 
 
 class RunEventSerializer(serializers.ModelSerializer):

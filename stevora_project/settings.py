@@ -269,6 +269,19 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# --- API hardening: hostile input (issue 10) -------------------------------------
+# The largest request body the API reads; bigger is a 413 in the JSON error body
+# (docs/operations.md). Django's own form parsing uses the same limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("STEVORA_API_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
+# JSON only, size-bounded, NUL/surrogate/depth/64-bit checked before any view (api.parsers).
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
+# OPTIONS answers without a serializer_class (api.metadata).
+REST_FRAMEWORK["DEFAULT_METADATA_CLASS"] = "api.metadata.ApiMetadata"
+# No ?format= override: one renderer, and an unknown format would be an undocumented 404.
+REST_FRAMEWORK["URL_FORMAT_OVERRIDE"] = None  # type: ignore[assignment]
+# NUL in a query string or URL path under /api/ is a 400 naming the parameter.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.common.CommonMiddleware"), "api.middleware.RefuseUnstorableQuery")
+
 # --- Cache (API rate limits) ---------------------------------------------------
 # Redis when CACHE_URL is set, or the broker's Redis otherwise (throttle counters
 # carry TTLs, so they never pile up); local memory embedded.

@@ -1,10 +1,41 @@
-"""URL routing."""
+"""URL routing: the admin, ``/api/v1/`` (each app's views) and the schema pages.
+
+This is the one place that knows every app's views; the apps and ``api`` (the shared
+API plumbing) import nothing from here.
+"""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from api.urls import urlpatterns as api_pages
-from api.urls import v1 as api_v1
+from approvals.api import ApprovalDecide, ApprovalList
+from events.api import EventDeliver
+from providers.api import CostSummary
+from runs import api as runs_api
+
+RUN = "runs/<uuid:run_id>/"
+
+api_v1 = [
+    path("definitions/", runs_api.DefinitionListCreate.as_view(), name="definitions"),
+    path("definitions/<str:name>/", runs_api.DefinitionDetail.as_view(), name="definition"),
+    path("definitions/<str:name>/versions/<int:version>/", runs_api.DefinitionVersion.as_view(),
+         name="definition-version"),
+    path("runs/", runs_api.RunListCreate.as_view(), name="runs"),
+    path(RUN, runs_api.RunDetail.as_view(), name="run"),
+    path(RUN + "cancel/", runs_api.RunCancel.as_view(), name="run-cancel"),
+    path(RUN + "pause/", runs_api.RunPause.as_view(), name="run-pause"),
+    path(RUN + "resume/", runs_api.RunResume.as_view(), name="run-resume"),
+    path(RUN + "retry/", runs_api.RunRetry.as_view(), name="run-retry"),
+    path(RUN + "fork/", runs_api.RunFork.as_view(), name="run-fork"),
+    path(RUN + "history/", runs_api.RunHistory.as_view(), name="run-history"),
+    path(RUN + "cost/", runs_api.RunCost.as_view(), name="run-cost"),
+    re_path(r"^runs/(?P<run_id>[0-9a-f-]{36})/steps/(?P<step_key>[^/]+)/$", runs_api.StepDetail.as_view(),
+            name="step"),
+    path("events/", EventDeliver.as_view(), name="events"),
+    path("approvals/", ApprovalList.as_view(), name="approvals"),
+    path("approvals/<int:approval_id>/decide/", ApprovalDecide.as_view(), name="approval-decide"),
+    path("cost/", CostSummary.as_view(), name="cost"),
+]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,4 +43,8 @@ urlpatterns = [
     path("api/", include((api_pages, "api"), namespace="api")),
 ]
 
+# Under /api/ Django's own answers use the API's JSON error body too (HTML elsewhere).
+handler400 = "api.errors.bad_request"
+handler403 = "api.errors.permission_denied"
 handler404 = "api.errors.not_found"
+handler500 = "api.errors.server_error"

@@ -122,7 +122,7 @@ def test_another_workspaces_approval_is_404_and_not_listed(alice: User) -> None:
     run = start_run("api-approval", {"topic": "x"}).run
     approval = Approval.objects.get(run_id=run.pk)
     client = client_for(alice, workspace=other_workspace())
-    assert client.get("/api/v1/approvals/").json() == []
+    assert client.get("/api/v1/approvals/").json()["results"] == []
     response = client.post(f"/api/v1/approvals/{approval.pk}/decide/", {"approve": True}, format="json")
     assert response.status_code == 404
     assert Approval.objects.get(pk=approval.pk).status == ApprovalStatus.PENDING
@@ -134,7 +134,7 @@ def test_a_key_without_the_decide_permission_gets_403_and_nothing_changes(bob: U
     run = start_run("api-approval", {"topic": "x"}).run
     approval = Approval.objects.get(run_id=run.pk)
     client = client_for(bob)
-    assert client.get("/api/v1/approvals/").json() == []
+    assert client.get("/api/v1/approvals/").json()["results"] == []
     response = client.post(f"/api/v1/approvals/{approval.pk}/decide/", {"approve": True, "comment": "ok"},
                            format="json")
     assert response.status_code == 403

@@ -72,7 +72,7 @@ def test_a_reviewer_lists_and_decides_and_the_run_finishes(engine: Any, alice: U
     load_workflow(approval_first(allow_edit=True))
     run = start_run("api-approval", {"topic": "tides"}).run
     api = client_for(alice)
-    pending = api.get("/api/v1/approvals/").json()
+    pending = api.get("/api/v1/approvals/").json()["results"]
     assert [a["run"] for a in pending] == [str(run.pk)]
     approval_id = pending[0]["id"]
     assert pending[0]["content"] == {"text": "tides"} and pending[0]["status"] == "pending"
@@ -85,7 +85,7 @@ def test_a_reviewer_lists_and_decides_and_the_run_finishes(engine: Any, alice: U
     assert wait_for_run(run.pk).status == "completed"
     again = api.post(f"/api/v1/approvals/{approval_id}/decide/", {"approve": False}, format="json")
     assert again.status_code == 409 and "already approved" in again.json()["detail"]
-    assert api.get("/api/v1/approvals/").json() == []
+    assert api.get("/api/v1/approvals/").json()["results"] == []
 
 
 @pytest.mark.django_db
