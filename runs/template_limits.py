@@ -14,7 +14,7 @@ output through the checks below. The limits (documented in docs/definitions.md):
   on their result.
 - ``MAX_INT_BITS``: integers from ``*`` and ``**`` stay under 100,000 bits.
 - ``MAX_RANGE``: ``range()`` yields at most 100,000 numbers.
-- ``MAX_STEPS``: at most 100,000 loop iterations and calls in one render, all loops
+- ``MAX_STEPS``: at most 10,000 loop iterations and calls in one render, all loops
   together (nested loops multiply, so this is what stops them).
 - ``MAX_PRODUCED``: at most 10,000,000 characters built in one render, counted over
   every checked operation and every ``{{ }}`` output.
@@ -46,7 +46,7 @@ MAX_STRING = 1_000_000
 MAX_INT_BITS = 100_000
 MAX_EXPONENT = 1000
 MAX_RANGE = 100_000
-MAX_STEPS = 100_000
+MAX_STEPS = 10_000
 MAX_PRODUCED = 10_000_000
 DEADLINE_SECONDS = 1.0
 
@@ -145,8 +145,49 @@ def as_count(value: Any, what: str) -> int:
     return int(value)
 
 
+def deep_size(value: Any, limit: int = MAX_STRING) -> int:
+    """About how many characters ``str(value)`` or JSON of it would take; stops counting past ``limit``.
+
+    A list may hold the same long string a thousand times (``[s] * 1000``, ``[s, s, s]``):
+    small to build, a gigabyte to print. This is checked before anything is printed.
+    """
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes, bytearray)):
+            total += len(item) + 2
+        elif isinstance(item, Mapping):
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 1
+        elif isinstance(getattr(item, "_Namespace__attrs", None), dict):  # jinja2's namespace()
+            total += 16
+            stack.append(item._Namespace__attrs)
+        else:
+            total += 24
+        if total > limit:
+            return total
+    return total
+
+
 def text_len(value: Any) -> int:
-    return len(value) if isinstance(value, (str, bytes, bytearray)) else len(str(value))
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value)
+    refuse_over(deep_size(value), "printing a value")
+    return len(str(value))
+
+
+def as_text(value: Any, what: str) -> str:
+    """``str(value)``, refused first if it would exceed the string limit."""
+    if isinstance(value, str):
+        return value
+    refuse_over(deep_size(value), what)
+    return str(value)
 
 
 # --- operators --------------------------------------------------------------------------
@@ -156,6 +197,8 @@ def multiply(left: Any, right: Any) -> Any:
     for seq, times in ((left, right), (right, left)):
         if isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int) and not isinstance(times, bool):
             check_size(len(seq) * max(times, 0), "'*'", "characters" if isinstance(seq, (str, bytes)) else "items")
+            if isinstance(seq, (list, tuple)) and times > 1:
+                refuse_over(deep_size(seq, MAX_STRING) * times, "'*' (counting the characters its items hold)")
             return left * right
     if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
         raise LimitExceeded(f"'*' would build an integer of more than {MAX_INT_BITS} bits (the integer limit)")
@@ -173,12 +216,16 @@ def power(left: Any, right: Any) -> Any:
 def add(left: Any, right: Any) -> Any:
     if isinstance(left, (str, bytes, list, tuple)) and isinstance(right, type(left)):
         check_size(len(left) + len(right), "'+'", "characters" if isinstance(left, (str, bytes)) else "items")
+        if isinstance(left, (list, tuple)) and deep_size(left, MAX_PRODUCED) + deep_size(right, MAX_PRODUCED) \
+                > MAX_PRODUCED:
+            raise LimitExceeded(f"'+' would build a list holding more than {MAX_PRODUCED} characters "
+                                "(the render output budget)")
     return left + right
 
 
 def concat(parts: Iterable[Any]) -> str:
     """``a ~ b ~ c``: the sandbox compiles ``~`` to this (see ``runs.templating``)."""
-    texts = [p if isinstance(p, str) else str(p) for p in parts]
+    texts = [as_text(p, "'~'") for p in parts]
     check_size(sum(len(t) for t in texts), "'~'")
     return "".join(texts)
 
@@ -206,8 +253,10 @@ def percent_format(fmt: str, values: Any) -> str:
         else:
             value = args[index] if index < len(args) else ""
             index += 1
-        shown = repr(value) if spec["conv"] in ("r", "a") else value
-        bound += width + precision + text_len(shown)
+        shown = text_len(value)
+        if spec["conv"] in ("r", "a"):
+            shown = len(repr(value))  # at most a few times text_len, which is within the limit
+        bound += width + precision + shown
     check_size(bound, "%-formatting")
     return fmt % values
 
@@ -223,6 +272,7 @@ class BoundedFormatter(SandboxedFormatter):
         self.total = 0
 
     def format_field(self, value: Any, format_spec: str) -> Any:
+        text_len(value)  # refuses a value too large to print before format() prints it
         for number in self._NUMBER.findall(format_spec):
             refuse_over(int(number) if len(number) < 30 else MAX_STRING + 1, "format()")
         text = super().format_field(value, format_spec)
@@ -293,6 +343,12 @@ def check_method_call(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     return f"{type(owner).__name__}.{name}()"
 
 
+def check_value_size(value: Any, what: str) -> None:
+    """A template's typed value (stored, handed to handlers) stays within the render output budget."""
+    if deep_size(value, MAX_PRODUCED) > MAX_PRODUCED:
+        raise LimitExceeded(f"{what} holds more than {MAX_PRODUCED} characters (the render output budget)")
+
+
 def guarded_range(*args: Any) -> range:
     numbers = range(*args)
     if len(numbers) > MAX_RANGE:
@@ -318,13 +374,13 @@ def _pre_center(value: Any, width: Any = 80) -> None:
 
 def _pre_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> None:
     unit = len(width) if isinstance(width, str) else as_count(width, "indent width")
-    text = str(s)
+    text = as_text(s, "filter input")
     refuse_over(len(text) + (text.count("\n") + 1) * max(unit, 0), "filter 'indent'")
 
 
 def _pre_wordwrap(environment: Any, s: Any, width: Any = 79, break_long_words: bool = True,
                   wrapstring: Any = None, break_on_hyphens: bool = True) -> None:
-    text = str(s)
+    text = as_text(s, "filter input")
     joint = len(str(wrapstring)) if wrapstring is not None else len(environment.newline_sequence)
     # No more lines than words plus the pieces long words are cut into.
     lines = len(text.split()) + len(text) // max(as_count(width, "wordwrap width"), 1) + text.count("\n") + 1
@@ -332,7 +388,8 @@ def _pre_wordwrap(environment: Any, s: Any, width: Any = 79, break_long_words: b
 
 
 def _pre_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> None:
-    refuse_over(replaced_size(str(s), str(old), str(new), count), "filter 'replace'")
+    refuse_over(replaced_size(as_text(s, "filter 'replace'"), as_text(old, "filter 'replace'"),
+                              as_text(new, "filter 'replace'"), count), "filter 'replace'")
 
 
 def _pre_batch(value: Any, linecount: Any, fill_with: Any = None) -> None:
@@ -351,7 +408,7 @@ def _pre_urlencode(value: Any) -> None:
 
 def _pre_urlize(eval_ctx: Any, value: Any, trim_url_limit: Any = None, nofollow: bool = False, target: Any = None,
                 rel: Any = None, extra_schemes: Any = None) -> None:
-    text = str(value)
+    text = as_text(value, "filter 'urlize'")
     extra = 64 + len(str(target or "")) + len(str(rel or ""))
     refuse_over(3 * len(text) + (len(text.split()) + 1) * extra, "filter 'urlize'")
 
@@ -361,7 +418,7 @@ def _join_filter(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: An
     items = list(value)
     if attribute is not None:
         items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
-    texts = [x if isinstance(x, str) else str(x) for x in items]
+    texts = [as_text(x, "filter 'join'") for x in items]
     check_size(sum(len(t) for t in texts) + len(str(d)) * max(len(texts) - 1, 0), "filter 'join'")
     return str(d).join(texts)
 
@@ -380,12 +437,13 @@ def _sum(environment: Any, iterable: Iterable[Any], attribute: Any = None, start
 def _format(value: Any, *args: Any, **kwargs: Any) -> str:
     if args and kwargs:
         raise FilterArgumentError("can't handle positional and keyword arguments at the same time")
-    return percent_format(str(value), kwargs or args)
+    return percent_format(as_text(value, "filter 'format'"), kwargs or args)
 
 
 def _tojson(value: Any, indent: Any = None) -> str:
     if indent is not None and not (isinstance(indent, int) and 0 <= indent <= 16):
         raise LimitExceeded("tojson indent must be a number from 0 to 16")
+    refuse_over(deep_size(value) * (1 + (indent or 0)), "filter 'tojson'")
     text = json.dumps(value, indent=indent)
     return checked_result(text, "filter 'tojson'")
 
@@ -395,12 +453,22 @@ _PRECHECKS = {"center": _pre_center, "indent": _pre_indent, "wordwrap": _pre_wor
 _REPLACED = {"join": _join_filter, "sum": _sum, "format": _format, "tojson": _tojson}
 
 
+# Filters that print their input (``str(value)``) before working on it.
+_PRINTING = frozenset({"center", "indent", "wordwrap", "string", "pprint", "upper", "lower", "title", "capitalize",
+                       "trim", "striptags", "escape", "e", "forceescape", "urlize", "urlencode", "truncate",
+                       "wordcount", "replace", "format", "xmlattr", "safe"})
+
+
 def _bounded(name: str, fn: Any) -> Any:
     pre: Any = _PRECHECKS.get(name)
+    value_at = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0  # after a context argument
+    printing = name in _PRINTING
 
     @functools.wraps(fn)  # keeps Jinja's pass_context / pass_eval_context marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
         check_deadline()
+        if printing and len(args) > value_at:
+            text_len(args[value_at])
         if pre is not None:
             pre(*args, **kwargs)
         return checked_result(fn(*args, **kwargs), f"filter {name!r}")

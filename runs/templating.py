@@ -96,7 +96,7 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 def _finalize(value: Any) -> str:
     """Every ``{{ }}`` output of a text template is counted (and the deadline checked)."""
-    text = value if isinstance(value, str) else str(value)
+    text = limits.as_text(value, "output")
     limits.charge(len(text))
     return text
 
@@ -239,7 +239,10 @@ def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = F
         result = fn(**context)
         # StrictUndefined only raises when used, and a bare expression returns it unused
         # (also the sandbox's verdict on ``x|attr(name)``): fail here, not in json.dumps.
-        return _plain(result, what) if plain else _no_undefined(result)
+        if plain:
+            limits.check_value_size(result, "the value")
+            return _plain(result, what)
+        return _no_undefined(result)
     except TemplateProblem:
         raise
     except UndefinedError as exc:
