@@ -34,7 +34,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import pass_environment, pass_eval_context
@@ -62,7 +62,6 @@ class Budget:
     deadline: float
     steps: int = 0
     produced: int = 0
-    limits: dict[str, float] = field(default_factory=dict)
 
     def check_deadline(self) -> None:
         if time.monotonic() > self.deadline:
