@@ -357,10 +357,13 @@ def guarded_range(*args: Any) -> range:
 
 def loop_guard(iterable: Iterable[Any], literal_size: int = 0) -> Iterator[Any]:
     """Every ``for`` loop iterates through this: one step per item, its literal text charged."""
+    # The filter is reachable by name from a template too: a negative "size" must not
+    # give budget back.
+    cost = literal_size if isinstance(literal_size, int) and literal_size > 0 else 0
     for item in iterable:
         step("loop iteration")
-        if literal_size:
-            charge(literal_size)
+        if cost:
+            charge(cost)
         yield item
 
 

@@ -95,6 +95,7 @@ PAYLOADS = [
     ("{% for x in [1, 1] recursive %}{{ loop([1, 1]) }}{% endfor %}", "RecursionError"),
     ("{% macro f(n) %}{{ f(n) ~ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"),
     # what a render builds in total
+    ("{% for i in range(50)|stevora_loop(-3000000) %}{{ 'x' * 999999 }}{% endfor %}", BUDGET),
     ("{% for i in range(50) %}{{ 'x' * 999999 }}{% endfor %}", BUDGET),
     ("{% for i in range(100000) %}" + "literal text " * 100 + "{% endfor %}", BUDGET),
 ]
