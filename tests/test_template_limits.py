@@ -187,3 +187,31 @@ def test_the_limits_are_the_documented_ones() -> None:
         assert value in doc
     assert (limits.MAX_STRING, limits.MAX_STEPS, limits.MAX_PRODUCED, limits.DEADLINE_SECONDS, limits.MAX_RANGE,
             limits.MAX_INT_BITS) == (1_000_000, 10_000, 10_000_000, 1.0, 100_000, 100_000)
+
+
+# --- in a real engine: conditions and outputs are evaluated under the run's row lock --------
+
+
+@pytest.mark.parametrize("steps, output, expected", [
+    ([{"name": "c", "type": "condition", "if": "'x'.ljust(3e8) == input.x", "then": "end"}], None,
+     "str.ljust() would build 300000000 characters, more than the string limit (1000000)"),
+    ([{"name": "c", "type": "condition", "if": "'%300000000s' % input.x", "then": "end"}], None,
+     "%-formatting would build"),
+    ([], {"text": "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"},
+     "output: template"),
+])
+def test_a_run_whose_condition_or_output_hits_a_limit_fails_with_the_reason(
+        engine: Any, workflow: Any, steps: list[dict[str, Any]], output: Any, expected: str) -> None:
+    from runs.services import start_run
+    from tests.conftest import wait_for_run
+
+    definition: dict[str, Any] = {"name": "greedy-template",
+                                  "steps": [{"name": "a", "type": "task", "handler": "noop"}, *steps]}
+    if output is not None:
+        definition["output"] = output
+    workflow(definition)
+    run = wait_for_run(start_run("greedy-template", {"x": "x"}).run.pk, timeout=60)
+    assert run.status == "failed" and run.error is not None
+    assert run.error["type"] == "template_error" and expected in run.error["message"]
+    if output is not None:
+        assert "the loop limit" in run.error["message"]
