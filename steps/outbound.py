@@ -195,9 +195,9 @@ class PinnedTransport(httpx.HTTPTransport):
     """
 
     def __init__(self, target: Target, *, verify: ssl.SSLContext | bool = True) -> None:
-        super().__init__(verify=verify, trust_env=False, retries=0)
         ssl_context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(
             verify=verify, trust_env=False)
+        super().__init__(verify=ssl_context, trust_env=False, retries=0)
         self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=_PinnedBackend(target),
                                              max_connections=1, retries=0)
 
