@@ -54,6 +54,9 @@ class ApiKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        # add_apikey alone creates keys for yourself only; a key carries its owner's
+        # permissions, so minting one for someone else is a separate, stronger right.
+        permissions = [("add_apikey_for_others", "Can create API keys for other users")]
         indexes = [
             # The admin list: active keys of a workspace.
             models.Index(fields=["workspace"], condition=Q(revoked_at__isnull=True), name="apikey_active_ws"),

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 import re
 import string
+import types
 from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
+
+from . import template_limits as limits
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
-_MAX_OUTPUT = 1_000_000
+_MAX_OUTPUT = limits.MAX_STRING
 
 
 class TemplateProblem(ValueError):
@@ -30,9 +35,9 @@ class TemplateProblem(ValueError):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    # Multiplying a string or list, or raising to a power, can build gigabytes from a
-    # few characters of template; the sandbox only intercepts the operators listed here.
-    intercepted_binops = frozenset({"*", "**"})
+    # Every operator that can build a large value from a few characters of template is
+    # sized before it runs (``steps.template_limits``); the sandbox intercepts only these.
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if attr.startswith("_"):
@@ -49,25 +54,83 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
+        limits.check_deadline()
         if op == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
-                        and len(seq) * times > _MAX_OUTPUT:
-                    raise SecurityError(f"{op!r} would build more than {_MAX_OUTPUT} items")
-            return operator.mul(left, right)
+            return limits.multiply(left, right)
         if op == "**":
-            if isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT:
-                raise SecurityError(f"exponent {right} is larger than {_MAX_EXPONENT}")
-            return operator.pow(left, right)
+            return limits.power(left, right)
+        if op == "+":
+            return limits.add(left, right)
+        if op == "%" and isinstance(left, (str, bytes)):
+            if isinstance(left, bytes):
+                raise SecurityError("%-formatting bytes is not supported in templates")
+            return limits.percent_format(left, right)
         return super().call_binop(context, op, left, right)
 
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # Every call (methods, macros, loop(...) of a recursive loop, range) is a step of the
+        # render's budget; str/bytes methods are sized before they run.
+        limits.step("call")
+        what = limits.check_method_call(__obj, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        return limits.checked_result(result, what or "a call")
 
-_MAX_EXPONENT = 1000
-_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_env.filters["tojson"] = __import__("json").dumps  # plain JSON, no HTML escaping
+    def wrap_str_format(self, value: Any) -> Any:
+        """``'...'.format(...)`` and ``format_map`` through a formatter that sizes every field."""
+        if not isinstance(value, (types.MethodType, types.BuiltinMethodType)) \
+                or value.__name__ not in ("format", "format_map") or not isinstance(value.__self__, str):
+            return None
+        template: str = value.__self__
+        is_format_map = value.__name__ == "format_map"
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            formatter = limits.BoundedFormatter(self)
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return str(formatter.vformat(template, (), args[0]))
+            return str(formatter.vformat(template, args, kwargs))
+
+        return functools.update_wrapper(wrapper, value)
+
+
+def _finalize(value: Any) -> str:
+    """Every ``{{ }}`` output of a text template is counted (and the deadline checked)."""
+    text = limits.as_text(value, "output")
+    limits.charge(len(text))
+    return text
+
+
+_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
+_env.filters["tojson"] = __import__("json").dumps  # plain JSON, no HTML escaping (bounded below)
+_env.filters = limits.bounded_filters(_env.filters)
+_env.globals["range"] = limits.guarded_range
 # The classic SSTI gadgets; templates see input, steps, run (and item/index), nothing else.
 for _gadget in ("lipsum", "cycler", "joiner"):
     _env.globals.pop(_gadget, None)
+
+
+class _Bounder(NodeTransformer):
+    """Rewrites a parsed template so loops and ``~`` go through ``steps.template_limits``."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        # Each iteration appends the loop body's literal text: charge it to the render.
+        literal = sum(len(data.data) for child in node.body for data in child.find_all(nodes.TemplateData))
+        node.iter = nodes.Filter(node.iter, "stevora_loop", [nodes.Const(literal)], [], None, None,
+                                 lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return nodes.Filter(nodes.List(list(node.nodes), lineno=node.lineno), "stevora_concat", [], [], None, None,
+                            lineno=node.lineno)
+
+
+def _bounded(tree: nodes.Template) -> nodes.Template:
+    bounded = _Bounder().visit(tree)
+    bounded.set_environment(_env)
+    return bounded
 
 
 # Filters whose string arguments name attributes (dotted paths allowed).
@@ -125,10 +188,15 @@ def _single_expression(source: str) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _compile_expression(expr: str) -> Any:
+    # What Environment.compile_expression does, with the bounding rewrite in between.
     try:
-        tree = _env.parse("{{ " + expr + " }}")
-        _check_ast(tree)
-        return _env.compile_expression(expr, undefined_to_none=False)
+        parser = Parser(_env, expr, state="variable")
+        node = parser.parse_expression()
+        if not parser.stream.eos:
+            raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno, None, None)
+        _check_ast(nodes.Template([nodes.Output([node])]))
+        tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), node)], lineno=1)
+        return TemplateExpression(_env.from_string(_bounded(tree)), undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"invalid expression {expr.strip()!r}: {exc.message}") from None
 
@@ -138,7 +206,7 @@ def _compile_template(source: str) -> Any:
     try:
         tree = _env.parse(source)
         _check_ast(tree)
-        return _env.from_string(source)
+        return _env.from_string(_bounded(tree))
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"invalid template: {exc.message}") from None
 
@@ -171,7 +239,10 @@ def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = F
         result = fn(**context)
         # StrictUndefined only raises when used, and a bare expression returns it unused
         # (also the sandbox's verdict on ``x|attr(name)``): fail here, not in json.dumps.
-        return _plain(result, what) if plain else _no_undefined(result)
+        if plain:
+            limits.check_value_size(result, "the value")
+            return _plain(result, what)
+        return _no_undefined(result)
     except TemplateProblem:
         raise
     except UndefinedError as exc:
@@ -206,7 +277,16 @@ def _plain(value: Any, what: str) -> Any:
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:
-    """Render every template string inside ``value`` (dicts and lists recursively)."""
+    """Render every template string inside ``value`` (dicts and lists recursively).
+
+    One call is one render for the limits in ``steps.template_limits`` (loop steps, output
+    budget, deadline), however many template strings ``value`` holds.
+    """
+    with limits.render_budget():
+        return _render(value, context)
+
+
+def _render(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         if not is_template(value):
             return value
@@ -222,9 +302,9 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
             raise TemplateProblem(f"template {value.strip()[:60]!r} rendered more than {_MAX_OUTPUT} characters")
         return text
     if isinstance(value, dict):
-        return {k: render_value(v, context) for k, v in value.items()}
+        return {k: _render(v, context) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_value(v, context) for v in value]
+        return [_render(v, context) for v in value]
     return value
 
 
@@ -233,7 +313,8 @@ def evaluate(expr: str | bool, context: Mapping[str, Any]) -> Any:
     if isinstance(expr, bool):
         return expr
     source = _strip_braces(expr)
-    return _evaluate(_compile_expression(source), context, f"expression {source.strip()!r}")
+    with limits.render_budget():
+        return _evaluate(_compile_expression(source), context, f"expression {source.strip()!r}")
 
 
 def walk_templates(value: Any, path: str) -> list[tuple[str, str]]:

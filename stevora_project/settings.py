@@ -15,13 +15,14 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from . import security
 from .env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("STEVORA_VAR_DIR") or (BASE_DIR / "var"))
 
-SECRET_KEY = env_str("SECRET_KEY") or env_str("DJANGO_SECRET_KEY") or "stevora-insecure-dev-key-change-me"
 DEBUG = env_bool("DEBUG", False)
+# SECRET_KEY and the HTTPS settings: see "Security" at the end of this file.
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["localhost", "127.0.0.1", "[::1]", "testserver"]
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -305,3 +306,20 @@ LOGGING = {
         "stevora": {"level": env_str("STEVORA_LOG_LEVEL") or "INFO", "propagate": True},
     },
 }
+
+
+# --- Security: SECRET_KEY, HTTPS, cookies (stevora_project/security.py) -------------------
+# Off by default: the embedded default serves plain http on localhost. A deployment
+# behind TLS sets them (docs/operations.md, "Production security settings", has the
+# environment that makes ``manage.py check --deploy`` clean).
+
+SECRET_KEY = security.secret_key(debug=DEBUG, embedded=IS_EMBEDDED_DB, var_dir=VAR_DIR)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = security.hsts_seconds()
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+security.check_hsts_preload(SECURE_HSTS_PRELOAD, SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_PROXY_SSL_HEADER = security.proxy_ssl_header()
+# --- end of security block ---

@@ -17,6 +17,9 @@ if _worker != "main" and "-main-" in os.environ.get("STEVORA_QUEUE", ""):
     del os.environ["STEVORA_QUEUE"]
 os.environ.setdefault("STEVORA_QUEUE", f"stevora-test-{_worker}-{os.getpid()}")
 os.environ.setdefault("STEVORA_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
+# PostgreSQL mode with DEBUG off refuses to start without a key; tests (and the workers
+# they start) share this one. Not a published default, never used outside tests.
+os.environ.setdefault("SECRET_KEY", "stevora-tests-only-" + "k3y" * 16)
 os.environ.setdefault("STEVORA_SQLITE_TEST_PATH", os.path.join(os.environ["STEVORA_VAR_DIR"], "test.sqlite3"))
 
 from .settings import *  # noqa: E402,F403

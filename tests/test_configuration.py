@@ -114,7 +114,7 @@ def _ctx(config: Any) -> StepContext:
 
 
 def test_http_request_refuses_loopback_addresses_by_default(local_server: str) -> None:
-    with pytest.raises(PermanentError, match="private or loopback"):
+    with pytest.raises(PermanentError, match="a loopback address, not globally routable"):
         http_request(_ctx({"url": local_server + "/"}))
 
 

@@ -10,15 +10,12 @@ records the outcome. Delivery is at-least-once: receivers deduplicate on
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -27,6 +24,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from runs.engine.dispatch import can_publish
+from steps import outbound
+from steps.outbound import RefusedAddress
 
 from .models import DeliveryStatus, WebhookDelivery
 from .signing import signature
@@ -35,29 +34,6 @@ logger = logging.getLogger("stevora.webhooks")
 
 MAX_BACKOFF_SECONDS = 3600.0
 USER_AGENT = "Stevora-Webhooks/1"
-
-
-class RefusedAddress(ValueError):
-    """The URL is not http(s), or resolves to a private or loopback address."""
-
-
-def check_url(url: str) -> None:
-    """Refuse non-http(s) URLs and private/loopback targets unless STEVORA_HTTP_ALLOW_PRIVATE."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise RefusedAddress(f"url must be an http(s) URL with a host, got {url!r}")
-    if settings.STEVORA["HTTP_ALLOW_PRIVATE"]:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve {parts.hostname!r}: {exc}") from None  # transient: retried
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-                or address.is_multicast or address.is_unspecified):
-            raise RefusedAddress(f"{parts.hostname} resolves to {address}, a private or loopback address; "
-                                 "set STEVORA_HTTP_ALLOW_PRIVATE=true to allow it")
 
 
 def new_delivery(*, workspace_id: int, url: str, event: str, data: dict[str, Any],
@@ -144,9 +120,9 @@ def deliver(delivery_id: Any, *, due_by: Any = None) -> str | None:
     error = ""
     permanent = False
     try:
-        check_url(delivery.url)
-        response = httpx.post(delivery.url, content=body, headers=headers, follow_redirects=False,
-                              timeout=settings.STEVORA["WEBHOOK_TIMEOUT_SECONDS"])
+        # Resolved once, checked, and connected to that address only; redirects are not followed.
+        response = outbound.request("POST", delivery.url, content=body, headers=headers,
+                                    timeout=settings.STEVORA["WEBHOOK_TIMEOUT_SECONDS"])
         code, text = response.status_code, response.text[:2000]
         if not 200 <= code < 300:
             error = f"receiver answered HTTP {code}"
