@@ -17,8 +17,8 @@ from pathlib import Path
 from .procs import ROOT
 
 
-def read_only_copy(dest: Path) -> Path:
-    """Copy the tracked files of the working tree to ``dest/stevora`` and make it read-only."""
+def copy_tree(dest: Path) -> Path:
+    """Copy the files git tracks (as they are in the working tree) to ``dest/stevora``."""
     tree = dest / "stevora"
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             check=True, capture_output=True).stdout.decode().split("\0")
@@ -29,11 +29,21 @@ def read_only_copy(dest: Path) -> Path:
         target = tree / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+    return tree
+
+
+def make_read_only(tree: Path) -> Path:
+    """No one may write below ``tree``; everyone may read it (and run what was executable)."""
     for path in [tree, *tree.rglob("*")]:
         mode = path.stat().st_mode
         path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) | stat.S_IRGRP | stat.S_IROTH
                    | (stat.S_IXGRP | stat.S_IXOTH if path.is_dir() or mode & stat.S_IXUSR else 0))
     return tree
+
+
+def read_only_copy(dest: Path) -> Path:
+    """The tracked files of the working tree in ``dest/stevora``, read-only."""
+    return make_read_only(copy_tree(dest))
 
 
 def make_writable(tree: Path) -> None:
