@@ -141,12 +141,12 @@ def approval(manual: bool) -> int:
                              shown=f"approve {run_id} --comment 'lovely otters'")
         if decided:
             return decided
-        deadline = time.monotonic() + 30
-        while run_status(run_id) not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
-            time.sleep(0.1)
+    deadline = time.monotonic() + 30  # the run moves on after the decision; show it finished
+    while run_status(run_id) not in ("completed", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.1)
     say("")
     command("show_run", run_id, shown=f"show_run {run_id}")
-    return 0 if run_status(run_id) in ("completed", "waiting") else 1
+    return 0 if run_status(run_id) == "completed" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
