@@ -81,7 +81,7 @@ def image_python(dest: Path) -> Path:
         shutil.copy2(lib, dest / "lib" / lib.name)
     shutil.copytree(prefix / "lib" / version, dest / "lib" / version, symlinks=True,
                     ignore=shutil.ignore_patterns("site-packages", "test", "config-*", "idlelib", "tkinter",
-                                                  "__pycache__", "ensurepip"))
+                                                  "ensurepip"))
     site = dest / "lib" / version / "site-packages"
     site.mkdir()
     (site / "image-requirements.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
