@@ -3,7 +3,8 @@
 Each step is the management command a user would type (shown with a ``›``), run here with
 ``call_command`` so Django starts once instead of once per command (a dozen starts were
 most of the demo's time). The engine is what a user would start too: ``manage.py runengine``
-in its own process, started right after ``migrate`` so it boots while the examples load.
+in its own process. Its process starts with the demo's and loads Django while the demo runs
+``migrate``; the engine itself starts when the tables exist.
 
     python -m examples.demo                    # demo-pipeline, agent-research, approval-demo
     python -m examples.demo --approval         # approval-demo only (bin/demo-approval)
@@ -55,9 +56,9 @@ def command(name: str, *args: Any, shown: str = "", quiet: bool = False, **optio
 
 def start_engine() -> subprocess.Popen[bytes]:
     """``runengine`` in its own process; it starts Django now and the engine when told (after migrate)."""
-    log_path = var_dir() / "engine.log"
-    return subprocess.Popen([sys.executable, "-m", "examples.demo", "--engine-when-told"], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+    with (var_dir() / "engine.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "examples.demo", "--engine-when-told"], cwd=ROOT,
+                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
 
 
 def var_dir() -> Path:
