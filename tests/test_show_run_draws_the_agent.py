@@ -11,6 +11,7 @@ from typing import Any
 from django.core.management import call_command
 
 from providers.models import LLMCall
+from providers.services import load_config, parse_config_text
 from runs.cli import shorten
 from runs.services import load_workflow_text, start_run
 from tests.conftest import wait_for_run
@@ -59,3 +60,40 @@ def test_shorten_cuts_at_a_word_boundary_with_an_ellipsis() -> None:
     assert shorten("one two  three\nfour", 50) == "one two three four"
     assert shorten("alpha beta gamma delta", 14) == "alpha beta…"
     assert shorten("x" * 30, 10) == "x" * 9 + "…"
+
+
+def test_show_run_draws_failed_attempts_the_retry_and_the_steps_error_when_every_provider_fails(
+        fresh_engine: Any, workflow: Any) -> None:
+    load_config(parse_config_text("""
+providers:
+  - name: down-a
+    kind: fake
+    model: flaky-1
+    max_retries: 1
+    backoff_seconds: 0
+    options: {script: [{error: {status: 503, message: "overloaded (scripted)"}}]}
+  - name: down-b
+    kind: fake
+    model: broken-2
+    max_retries: 0
+    options: {script: [{error: {status: 400, message: "bad request (scripted)"}}]}
+chains:
+  both-down: [down-a, down-b]
+"""))
+    workflow({"name": "all-down", "steps": [
+        {"name": "ask", "type": "llm", "chain": "both-down", "retry": {"max_attempts": 1},
+         "messages": [{"role": "user", "content": "Hello"}]}]})
+    fresh_engine(**NO_KEYS)
+    run = wait_for_run(start_run("all-down", {}).run.pk, timeout=60)
+    assert run.status == "failed"
+
+    out = io.StringIO()
+    call_command("show_run", str(run.pk), stdout=out)
+    ask = out.getvalue()[out.getvalue().index("\n  ask  llm"):]
+    assert "ask  llm · 1 model turn · 0 tool calls · 0 in + 0 out tokens · $0.000000" in ask
+    assert "turn 1  ✘ down-a (flaky-1) failed: HTTP 503: overloaded (scripted) (transient)" in ask
+    assert "→ retried on down-a" in ask
+    assert "✘ down-a (flaky-1) try 2 failed: HTTP 503" in ask and "→ fell back to down-b" in ask
+    assert "✘ down-b (broken-2) failed: HTTP 400: bad request (scripted) (permanent)" in ask
+    step_error = (run.steps.get(key="ask").error or {})["message"]
+    assert f"  ✘ {shorten(step_error, 90)}" in ask, ask
