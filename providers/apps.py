@@ -7,8 +7,12 @@ class ProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from runs.cli import register_step_detail
         from steps import types
 
         from .step_type import LLMType
+        from .terminal import agent_lines
 
         types.register(LLMType())
+        # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
+        register_step_detail("llm", agent_lines)

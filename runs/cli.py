@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,29 @@ STATUS_MARK = {
     "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",
     "cancelled": "⊘", "skipped": "↷", "paused": "⏸",
 }
+
+
+# What a plug-in app draws under the timeline for steps of its type: (step row) -> lines. The
+# providers app draws an llm step's model turns and tool calls; runs cannot import it (layers).
+StepDetail = Callable[[StepExecution], list[str]]
+_STEP_DETAILS: dict[str, StepDetail] = {}
+
+
+def register_step_detail(step_type: str, draw: StepDetail) -> None:
+    """Draw ``draw(row)``'s lines under the timeline for each step of ``step_type`` (AppConfig.ready)."""
+    _STEP_DETAILS[step_type] = draw
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut at a word boundary before ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: max(limit - 1, 1)]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a word boundary not too far back; a long token is cut where it is
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
 
 
 def parse_json_arg(value: str, what: str) -> Any:
@@ -133,8 +157,16 @@ def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
         lines.append(f"  {label:<{name_width}} │{bar_text}│ {status_text} {duration} {'; '.join(extra)}".rstrip())
     lines.append("")
     lines.append("  ░ queued  █ running  ▒ waiting")
+    details = [(row, _STEP_DETAILS[row.type]) for row in rows if row.type in _STEP_DETAILS]
+    for row, draw in details:
+        drawn = draw(row)
+        if drawn:
+            lines.append("")
+            lines.extend("  " + line for line in drawn)
+    if details:
+        lines.append("")
     if run.status == "completed":
-        lines.append(f"output: {json.dumps(run.output, default=str)[:500]}")
+        lines.append(f"output: {shorten(json.dumps(run.output, default=str, ensure_ascii=False), 500)}")
     elif run.error:
         lines.append(f"error: {run.error.get('type')}: {run.error.get('message')}")
     return "\n".join(lines)

@@ -135,7 +135,11 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STEVORA_STATIC_ROOT") or (BASE_DIR / "staticfiles"))
+# WhiteNoise serves what collectstatic gathered into STATIC_ROOT (the Docker image collects at
+# build time). Until that has run (a fresh clone: `manage.py runserver` or gunicorn, DEBUG off)
+# it finds the apps' static files itself, so the admin has its styles either way.
+WHITENOISE_USE_FINDERS = env_bool("STEVORA_STATIC_FINDERS", not STATIC_ROOT.is_dir())
 LOGIN_URL = "/admin/login/"
 
 # --- Celery -------------------------------------------------------------------

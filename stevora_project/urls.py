@@ -37,7 +37,10 @@ api_v1 = [
     path("cost/", CostSummary.as_view(), name="cost"),
 ]
 
+from .health import healthz
+
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "v1"), namespace="v1")),
     path("api/", include((api_pages, "api"), namespace="api")),
