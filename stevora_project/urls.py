@@ -13,6 +13,8 @@ from events.api import EventDeliver
 from providers.api import CostSummary
 from runs import api as runs_api
 
+from .health import healthz
+
 RUN = "runs/<uuid:run_id>/"
 
 api_v1 = [
@@ -36,8 +38,6 @@ api_v1 = [
     path("approvals/<int:approval_id>/decide/", ApprovalDecide.as_view(), name="approval-decide"),
     path("cost/", CostSummary.as_view(), name="cost"),
 ]
-
-from .health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
