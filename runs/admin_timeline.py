@@ -207,7 +207,7 @@ def build(run: Run) -> dict[str, Any]:
         if row.started_at and row.finished_at:
             view.duration = _fmt_seconds((row.finished_at - row.started_at).total_seconds())
         views.append(view)
-    axis = [(p, _fmt_seconds(span * p / 100)) for p in (0, 25, 50, 75, 100)]
+    axis = axis_ticks(span)
     return {
         "steps": views, "history": events, "axis": axis, "span": _fmt_seconds(span),
         "started": start, "ended": end, "has_llm": llm_call_model() is not None,
@@ -215,6 +215,18 @@ def build(run: Run) -> dict[str, Any]:
         "events_total": RunEvent.objects.filter(run_id=run.pk).count() if more_events else len(events),
         "more_steps": more_steps, "more_events": more_events,
     }
+
+
+AXIS_UNITS = (("ms", 0.001, 1.0), ("s", 1.0, 600.0), ("m", 60.0, 36000.0), ("h", 3600.0, float("inf")))
+
+
+def axis_ticks(span: float, points: tuple[int, ...] = (0, 25, 50, 75, 100)) -> list[tuple[int, str]]:
+    """Labels at ``points`` percent of ``span`` seconds, all in one unit (ms, s, m or h: the
+    first that keeps the end label below 600), with as few decimals as keep them apart."""
+    name, size, _ = next(unit for unit in AXIS_UNITS if span < unit[2])
+    step = span * (points[1] - points[0]) / 100 / size if len(points) > 1 else span / size
+    decimals = 0 if step >= 5 else 1 if step >= 0.5 else 2
+    return [(p, f"{span * p / 100 / size:.{decimals}f}{name}") for p in points]
 
 
 def waited(since: datetime | None, now: datetime | None = None) -> str:

@@ -9,6 +9,7 @@ the path of the field, all at once, and nothing is stored unless there are none.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -20,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .templating import TemplateProblem, check_expression, check_template, walk_templates
+from .templating import TemplateProblem, check_expression, check_template, step_references, walk_templates
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workflow-v1.schema.json"
 END = "end"
@@ -213,6 +214,9 @@ class _Builder:
         self.sequences: dict[str, list[StepSpec]] = {}
         self.default_max_visits = int(document.get("max_visits") or _default_max_visits())
         self.handler_exists = handler_exists
+        # (path, source) of every template and expression that compiled: their steps.<name>
+        # references are checked once all step names are known.
+        self.templates: list[tuple[str, str]] = []
 
     def error(self, path: str, message: str) -> None:
         self.errors.append((path, message))
@@ -314,12 +318,26 @@ class _Builder:
                     check_template(source)
                 except TemplateProblem as exc:
                     self.error(tpath, str(exc))
+                else:
+                    self.templates.append((tpath, source))
 
     def check_expr(self, expr: str, path: str) -> None:
         try:
             check_expression(expr)
         except TemplateProblem as exc:
             self.error(path, str(exc))
+        else:  # a bare expression, read as one template expression
+            self.templates.append((path, expr if "{{" in expr else "{{ " + expr + " }}"))
+
+    def check_step_references(self) -> None:
+        """``steps.<name>`` must name a step of this workflow (a typo would only fail at run time)."""
+        known = sorted(self.by_name)
+        for path, source in self.templates:
+            for name in step_references(source):
+                if name not in self.by_name:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f" (steps: {', '.join(known)})"
+                    self.error(path, f"steps.{name}: no step named {name!r} in this workflow{hint}")
 
     def check_targets(self) -> None:
         for name, spec in self.by_name.items():
@@ -378,6 +396,9 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
                 check_template(src)
             except TemplateProblem as exc:
                 builder.error(tpath, str(exc))
+            else:
+                builder.templates.append((tpath, src))
+    builder.check_step_references()
     if document.get("input_schema") is not None:
         try:
             jsonschema.Draft202012Validator.check_schema(document["input_schema"])
