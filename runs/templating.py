@@ -271,12 +271,13 @@ def step_references(source: str) -> tuple[str, ...]:
     called = {id(call.node) for call in tree.find_all(nodes.Call)}
     names: list[str] = []
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if not (isinstance(node.node, nodes.Name) and node.node.name == "steps") or id(node) in called:
+        target: Any = node
+        if not (isinstance(target.node, nodes.Name) and target.node.name == "steps") or id(node) in called:
             continue
-        if isinstance(node, nodes.Getattr):
-            name: Any = node.attr
+        if isinstance(target, nodes.Getattr):
+            name: Any = target.attr
         else:
-            name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+            name = target.arg.value if isinstance(target.arg, nodes.Const) else None
         if isinstance(name, str) and name not in names:
             names.append(name)
     return tuple(names)
