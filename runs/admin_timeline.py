@@ -6,6 +6,7 @@ Percentages relative to the run's span, so the template is plain HTML/CSS.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,7 @@ class StepView:
     duration: str = ""
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
     approval: Any = None
+    panel: str = ""  # HTML a step type's app drew for this step (STEP_PANELS), already escaped
 
     @property
     def input_json(self) -> str:
@@ -71,6 +73,17 @@ class StepView:
     @property
     def traceback(self) -> str:
         return str((self.row.error or {}).get("traceback") or "")
+
+
+# Step types whose app draws more than input/output on the run page (the llm step's
+# transcript): filled by those apps at start-up, so runs imports none of them.
+StepPanel = Callable[[StepExecution], str]
+STEP_PANELS: dict[str, StepPanel] = {}
+
+
+def register_step_panel(step_type: str, panel: StepPanel) -> None:
+    """``panel(step)`` returns safe HTML (escape every value: render a template)."""
+    STEP_PANELS[step_type] = panel
 
 
 def pretty(value: Any) -> str:
@@ -158,6 +171,8 @@ def build(run: Run) -> dict[str, Any]:
         depth_of[row.pk] = depth
         view = StepView(row=row, depth=depth, history=by_step.get(row.key, []), llm_calls=llm.get(row.pk, []),
                         approval=approvals_by_step.get(row.pk))
+        if row.type in STEP_PANELS:
+            view.panel = STEP_PANELS[row.type](row)
         queued_from = row.ready_at or row.created_at
         finished = row.finished_at or (None if run.finished_at else now)
         stop = finished or run.finished_at or now

@@ -379,8 +379,13 @@ def _default_max_visits() -> int:
         return 10
 
 
-def validate(document: Any, *, source: str | None = None, handler_exists: Any = None) -> WorkflowSpec:
-    """Validate a parsed document and return its spec, or raise DefinitionError."""
+def validate(document: Any, *, source: str | None = None, handler_exists: Any = None,
+             check_references: bool = True) -> WorkflowSpec:
+    """Validate a parsed document and return its spec, or raise DefinitionError.
+
+    ``check_references=False`` skips the ``steps.<name>`` check: a version stored before
+    that check existed must still run (an unknown name then fails only where it is read).
+    """
     if not isinstance(document, dict):
         kind = type(document).__name__ if document is not None else "an empty document"
         raise DefinitionError([("", f"a workflow definition must be a mapping (object), got {kind}")], source)
@@ -398,7 +403,8 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
                 builder.error(tpath, str(exc))
             else:
                 builder.templates.append((tpath, src))
-    builder.check_step_references()
+    if check_references:
+        builder.check_step_references()
     if document.get("input_schema") is not None:
         try:
             jsonschema.Draft202012Validator.check_schema(document["input_schema"])
@@ -430,7 +436,7 @@ def _cached_spec(workflow_id: int, digest: str) -> WorkflowSpec:
     from .models import Workflow
 
     workflow = Workflow.objects.get(pk=workflow_id)
-    return validate(workflow.definition)
+    return validate(workflow.definition, check_references=False)
 
 
 def spec_for(workflow: Any) -> WorkflowSpec:
