@@ -1,3 +1,4 @@
+# mypy: disable-error-code="index"
 """``steps.<name>`` in templates: a name that is not a step of the workflow is refused when
 the definition is loaded, with its path; at run time a step that has not run (or, in a
 version stored before that check, does not exist) is named in the workflow's terms."""
