@@ -519,7 +519,7 @@ def test_every_complete_example_in_the_definitions_doc_loads(db: Any) -> None:
         # Steps the fragment's templates and conditions read (steps.<name>) exist in the whole workflow.
         read = {name for s in steps for text in _strings(s)
                 for name in step_references(text if "{{" in text else "{{ " + text + " }}")}
-        defined = {text for s in steps for text in _strings(s)}  # names anywhere in it (branches too)
+        defined = {name for s in steps for name in _names(s)}  # step names anywhere in it (branches too)
         padding = [task(name) for name in sorted((nexts | read) - defined)]
         validate({"name": f"fragment{i}", "steps": steps + padding}, handler_exists=handler_registered)
 
@@ -532,3 +532,13 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [text for v in value for text in _strings(v)]
     return []
+
+
+def _names(value: Any) -> list[str]:
+    """Every ``name`` of a step or of the steps nested in it."""
+    if isinstance(value, list):
+        return [name for v in value for name in _names(v)]
+    if not isinstance(value, dict):
+        return []
+    own = [value["name"]] if isinstance(value.get("name"), str) and "type" in value else []
+    return own + [name for v in value.values() for name in _names(v)]
