@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from runs.admin import CappedCountPaginator
+from runs.admin_timeline import STEP_PANELS
 
 from .models import StepExecution
 
@@ -27,7 +28,13 @@ class StepExecutionAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
     list_per_page = 100
-    readonly_fields = [f.name for f in StepExecution._meta.fields]
+    readonly_fields = ["conversation", *(f.name for f in StepExecution._meta.fields)]
+
+    @admin.display(description="conversation")
+    def conversation(self, obj: StepExecution) -> str:
+        """What the step type's app draws for it (an llm step's transcript), else nothing."""
+        panel = STEP_PANELS.get(obj.type)
+        return panel(obj) if panel is not None else "—"
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[StepExecution],
                            search_term: str) -> tuple[QuerySet[StepExecution], bool]:

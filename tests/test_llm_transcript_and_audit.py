@@ -94,6 +94,11 @@ def test_an_llm_step_reads_as_a_transcript_with_every_value_escaped(engine: Any,
     assert "&lt;b&gt;otters&lt;/b&gt; hold hands" in third and "50 in / 9 out" in third
     # Nothing the model or the tool said became markup.
     assert "<otters>" not in part and "<b>otters" not in part and "<overloaded>" not in part
+    # The step's own admin page shows the same transcript.
+    step = StepExecution.objects.get(run_id=run.pk, key="ask")
+    step_page = client.get(reverse("admin:steps_stepexecution_change", args=[step.pk])).content.decode()
+    assert step_page[step_page.index('<div class="transcript"'):].count('data-role="') == 6
+    assert "facts about &lt;otters&gt;" in step_page and "<otters>" not in step_page
     # The axis under the timeline uses one unit.
     labels = re.findall(r'<span style="left: \d+%">([^<]+)</span>', html)
     assert len(labels) == 5 and len({re.sub(r"[\d.]", "", label) for label in labels}) == 1
