@@ -88,7 +88,6 @@ retry_runs = admin.action(description="Retry selected (failed) runs", permission
     _control_action(services.retry_run, "retry", "retried"))
 
 
-
 @admin.action(description="Fork the selected run (choose the step)…")
 def fork_runs(modeladmin: RunAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
     """A fork needs a step (and maybe an input): this opens the fork page of the one run selected."""

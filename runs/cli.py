@@ -12,6 +12,7 @@ from django.core.management.base import CommandError
 from steps.models import StepExecution
 
 from .models import Run, RunEvent
+from .serializers import LLMCallSerializer, ToolCallSerializer
 
 STATUS_MARK = {
     "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",
@@ -58,8 +59,6 @@ def forks_of(run: Run) -> list[tuple[Any, str, str]]:
 def _calls_by_step(rows: list[StepExecution]) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
     """LLM calls and tool calls of ``rows`` by step id, serialised as the API does. The rows belong
     to the providers app; they are reached through their reverse relations, so runs imports nothing of it."""
-    from .serializers import LLMCallSerializer, ToolCallSerializer  # DRF: only when asked for JSON
-
     llm: dict[int, list[Any]] = {}
     tools: dict[int, list[Any]] = {}
     if not rows:
@@ -69,7 +68,7 @@ def _calls_by_step(rows: list[StepExecution]) -> tuple[dict[int, list[Any]], dic
         if descriptor is None:
             continue
         model = descriptor.rel.related_model
-        for call in model.objects.filter(step__in=rows).order_by("step_id", "id"):
+        for call in model.objects.filter(step__run_id=rows[0].run_id).order_by("step_id", "id"):
             out.setdefault(call.step_id, []).append(serializer(call).data)
     return llm, tools
 
