@@ -78,6 +78,10 @@ def test_an_unknown_workflow_is_named_once_with_what_it_may_have_meant(transacti
         call_command("start_run", "zzzzzz")
     assert str(far.value).count("no workflow named") == 1
     assert "loaded workflows: billing, review-flow, reviews-digest" in str(far.value)
+    with pytest.raises(CommandError) as version:
+        call_command("start_run", "billing", "--workflow-version", "7")
+    assert str(version.value) == ("no workflow named 'billing v7'; load it first with load_workflows\n"
+                                  "versions of billing: 1")
 
 
 def test_show_run_prints_non_ascii_as_it_is(engine: Any, workflow: Any) -> None:

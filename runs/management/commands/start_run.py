@@ -69,6 +69,9 @@ def start_error_text(exc: StartError, name: str) -> str:
     message = exc.errors[0][1]
     known = list(Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG)
                  .values_list("name", flat=True).distinct().order_by("name")[:1000])
+    if name in known:  # the name exists, the asked version does not
+        versions = Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG, name=name).order_by("version")
+        return f"{message}\nversions of {name}: {', '.join(str(v) for v in versions.values_list('version', flat=True))}"
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if close:
         return f"{message}\ndid you mean: {', '.join(close)}?"
