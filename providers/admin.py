@@ -5,11 +5,13 @@ Keys never appear here: a provider names the environment variable that holds its
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from runs.admin import AuditRecordAdmin
 
 from . import breaker
 from .models import LLMCall, Provider, ProviderChain, ProviderHealth, ToolCall
@@ -55,27 +57,52 @@ class ProviderHealthAdmin(admin.ModelAdmin):
         return False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(LLMCall)
-class LLMCallAdmin(ReadOnlyAdmin):
-    list_display = ("id", "started_at", "provider_name", "model", "status", "http_status", "round", "try_number",
-                    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "step")
+class LLMCallAdmin(AuditRecordAdmin):
+    # Eight narrow columns: the list fits a 1400 px window next to the filters.
+    list_display = ("id", "when", "provider_model", "outcome", "round_try", "tokens", "cost_usd", "latency",
+                    "step_link")
+    list_display_links = ("id",)
     list_filter = ("status", "provider_name", "kind")
     search_fields = ("provider_name", "model", "error", "run__id")
     raw_id_fields = ("step", "run", "provider")
     date_hierarchy = "started_at"
     list_select_related = ("step",)
 
+    @admin.display(description="started", ordering="started_at")
+    def when(self, obj: LLMCall) -> str:
+        return f"{obj.started_at:%m-%d %H:%M:%S}"
+
+    @admin.display(description="provider · model", ordering="provider_name")
+    def provider_model(self, obj: LLMCall) -> str:
+        return f"{obj.provider_name} · {obj.model}"
+
+    @admin.display(description="status", ordering="status")
+    def outcome(self, obj: LLMCall) -> str:
+        return f"{obj.status} ({obj.http_status})" if obj.http_status and obj.status != "succeeded" else obj.status
+
+    @admin.display(description="round/try")
+    def round_try(self, obj: LLMCall) -> str:
+        return f"{obj.round}/{obj.try_number}"
+
+    @admin.display(description="tokens in/out")
+    def tokens(self, obj: LLMCall) -> str:
+        return f"{obj.input_tokens}/{obj.output_tokens}"
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, obj: LLMCall) -> str:
+        return f"{obj.latency_ms:.0f} ms" if obj.latency_ms is not None else "—"
+
+    @admin.display(description="step")
+    def step_link(self, obj: LLMCall) -> str:
+        if obj.step is None:
+            return "—"
+        return format_html('<a href="{}#step-{}">{}</a>', reverse("admin:runs_run_change", args=[obj.step.run_id]),
+                           obj.step.key, obj.step.key)
+
 
 @admin.register(ToolCall)
-class ToolCallAdmin(ReadOnlyAdmin):
+class ToolCallAdmin(AuditRecordAdmin):
     list_display = ("id", "step", "round", "tool", "status", "executions", "started_at", "finished_at")
     list_filter = ("status", "tool")
     raw_id_fields = ("step",)

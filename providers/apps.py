@@ -7,12 +7,15 @@ class ProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from runs import admin_timeline
         from runs.cli import register_step_detail
         from steps import types
 
+        from . import transcript
         from .step_type import LLMType
         from .terminal import agent_lines
 
         types.register(LLMType())
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
+        admin_timeline.register_step_panel("llm", transcript.render)

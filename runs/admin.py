@@ -6,6 +6,7 @@ Actions are thin: they call ``runs.services`` and report how many runs changed.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,8 @@ from django.utils.html import format_html
 from steps.models import StepExecution
 
 from . import admin_timeline, services
-from .models import IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
+from .admin_timeline import STEP_PANELS
+from .models import RUN_TERMINAL, IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
 
 COUNT_CAP = 10_000
 STATUS_COLORS = {"completed": "#cfeccf", "failed": "#f4c7c3", "running": "#cfe2f3", "pending": "#e8eef5",
@@ -88,6 +90,19 @@ resume_runs = admin.action(description="Resume selected (paused) runs", permissi
 retry_runs = admin.action(description="Retry selected (failed) runs", permissions=["change"])(
     _control_action(services.retry_run, "retry", "retried"))
 
+
+@admin.action(description="Fork the selected run (choose the step)…")
+def fork_runs(modeladmin: RunAdmin, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+    """A fork needs a step (and maybe an input): this opens the fork page of the one run selected."""
+    ids = list(queryset.values_list("pk", flat=True)[:2])
+    if len(ids) != 1:
+        modeladmin.message_user(request, "Select exactly one run to fork (0 runs forked).", messages.WARNING)
+        return None
+    return HttpResponseRedirect(reverse("admin:runs_run_fork", args=[ids[0]]))
+
+
+FORKABLE = (*RUN_TERMINAL, RunStatus.PAUSED)
+
 CONTROLS: dict[str, tuple[Callable[..., Run], str]] = {
     "cancel": (services.cancel_run, "cancelled"), "pause": (services.pause_run, "paused"),
     "resume": (services.resume_run, "resumed"), "retry": (services.retry_run, "retried"),
@@ -107,7 +122,7 @@ class RunAdmin(admin.ModelAdmin):
     # Newest first within a workspace: the (workspace, -created_at) index serves it with an
     # incremental sort; a bare -created_at (plus the admin's -pk tiebreak) sorts the whole table.
     ordering = ("workspace", "-created_at")
-    actions = [cancel_runs, pause_runs, resume_runs, retry_runs]
+    actions = [cancel_runs, pause_runs, resume_runs, retry_runs, fork_runs]
     change_form_template = "admin/runs/run/observatory.html"
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
@@ -155,6 +170,7 @@ class RunAdmin(admin.ModelAdmin):
         custom = [
             path("<uuid:object_id>/control/<str:action>/", self.admin_site.admin_view(self.control_view),
                  name="runs_run_control"),
+            path("<uuid:object_id>/fork/", self.admin_site.admin_view(self.fork_view), name="runs_run_fork"),
         ]
         return custom + super().get_urls()
 
@@ -186,10 +202,57 @@ class RunAdmin(admin.ModelAdmin):
             "input_json": admin_timeline.pretty(run.input), "output_json": admin_timeline.pretty(run.output),
             "error_json": admin_timeline.pretty(run.error), "controls": controls,
             "children": list(run.child_runs.all().order_by("created_at")[:50]),
+            "forks": list(run.forks.all().order_by("created_at", "id")[:200]),
+            "can_fork": run.status in FORKABLE and self.has_fork_permission(request),
             "has_view_permission": True, "original": run,
             **(extra_context or {}),
         }
         return TemplateResponse(request, self.change_form_template, context)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        if not self.has_fork_permission(request):
+            actions.pop("fork_runs", None)
+        return actions
+
+    @staticmethod
+    def has_fork_permission(request: HttpRequest) -> bool:
+        # A fork is a new run: the same permission as starting one through the API.
+        return bool(request.user.has_perm("runs.add_run"))
+
+    def fork_view(self, request: HttpRequest, object_id: uuid.UUID) -> HttpResponse:
+        """GET: choose the step (and an input); POST: ``services.fork_run``, then the new run's page."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        run = get_object_or_404(Run.objects.select_related("workflow"), pk=object_id)
+        if not self.has_fork_permission(request) or not self.has_view_or_change_permission(request, run):
+            raise PermissionDenied
+        reached = list(dict.fromkeys(run.steps.filter(parent__isnull=True).order_by("id")
+                                     .values_list("name", flat=True)))
+        from_step = request.POST.get("from_step", "") if request.method == "POST" else ""
+        input_text = request.POST.get("input", "").strip() if request.method == "POST" else ""
+        error = ""
+        if request.method == "POST":
+            try:
+                run_input = json.loads(input_text) if input_text else None
+            except json.JSONDecodeError as exc:
+                error = f"input is not valid JSON: {exc.msg} at position {exc.pos}"
+            else:
+                try:
+                    fork = services.fork_run(run.pk, from_step=from_step, run_input=run_input,
+                                             actor=f"admin:{request.user.get_username()}")
+                except (IllegalTransition, services.NotFound, services.StartError) as exc:
+                    error = str(exc)
+                else:
+                    messages.success(request, f"Forked run {run.pk} at step {from_step!r}: this is the new run.")
+                    return HttpResponseRedirect(reverse("admin:runs_run_change", args=[fork.pk]))
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": f"Fork run {run.pk}",
+            "run": run, "reached": reached, "from_step": from_step, "input_text": input_text,
+            "source_input": admin_timeline.pretty(run.input), "error": error,
+            "forkable": run.status in FORKABLE,
+        }
+        return TemplateResponse(request, "admin/runs/run/fork.html", context, status=400 if error else 200)
 
     def control_view(self, request: HttpRequest, object_id: uuid.UUID, action: str) -> HttpResponse:
         if request.method != "POST":
@@ -228,8 +291,22 @@ class WorkspaceAdmin(admin.ModelAdmin):
     list_display = ("slug", "name", "created_at")
 
 
+class AuditRecordAdmin(admin.ModelAdmin):
+    """Audit records (history, LLM calls, tool calls) are evidence: nobody adds or edits them
+    here, and only a superuser may delete them (to purge); others get no "Delete selected"."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+
 @admin.register(RunEvent)
-class RunEventAdmin(admin.ModelAdmin):
+class RunEventAdmin(AuditRecordAdmin):
     list_display = ("created_at", "run_id", "kind", "step_key", "actor", "message")
     list_filter = ("kind",)
     show_full_result_count = False
@@ -269,7 +346,13 @@ class StepExecutionAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
     list_per_page = 100
-    readonly_fields = [f.name for f in StepExecution._meta.fields]
+    readonly_fields = ["conversation", *(f.name for f in StepExecution._meta.fields)]
+
+    @admin.display(description="conversation")
+    def conversation(self, obj: StepExecution) -> str:
+        """What the step type's app draws for it (an llm step's transcript), else nothing."""
+        panel = STEP_PANELS.get(obj.type)
+        return panel(obj) if panel is not None else "—"
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[StepExecution],
                            search_term: str) -> tuple[QuerySet[StepExecution], bool]:

@@ -6,6 +6,7 @@ Percentages relative to the run's span, so the template is plain HTML/CSS.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,6 +55,7 @@ class StepView:
     duration: str = ""
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
     approval: Any = None
+    panel: str = ""  # HTML a step type's app drew for this step (STEP_PANELS), already escaped
 
     @property
     def input_json(self) -> str:
@@ -71,6 +73,17 @@ class StepView:
     @property
     def traceback(self) -> str:
         return str((self.row.error or {}).get("traceback") or "")
+
+
+# Step types whose app draws more than input/output on the run page (the llm step's
+# transcript): filled by those apps at start-up, so runs imports none of them.
+StepPanel = Callable[[StepExecution], str]
+STEP_PANELS: dict[str, StepPanel] = {}
+
+
+def register_step_panel(step_type: str, panel: StepPanel) -> None:
+    """``panel(step)`` returns safe HTML (escape every value: render a template)."""
+    STEP_PANELS[step_type] = panel
 
 
 def pretty(value: Any) -> str:
@@ -158,6 +171,8 @@ def build(run: Run) -> dict[str, Any]:
         depth_of[row.pk] = depth
         view = StepView(row=row, depth=depth, history=by_step.get(row.key, []), llm_calls=llm.get(row.pk, []),
                         approval=approvals_by_step.get(row.pk))
+        if row.type in STEP_PANELS:
+            view.panel = STEP_PANELS[row.type](row)
         queued_from = row.ready_at or row.created_at
         finished = row.finished_at or (None if run.finished_at else now)
         stop = finished or run.finished_at or now
@@ -207,7 +222,7 @@ def build(run: Run) -> dict[str, Any]:
         if row.started_at and row.finished_at:
             view.duration = _fmt_seconds((row.finished_at - row.started_at).total_seconds())
         views.append(view)
-    axis = [(p, _fmt_seconds(span * p / 100)) for p in (0, 25, 50, 75, 100)]
+    axis = axis_ticks(span)
     return {
         "steps": views, "history": events, "axis": axis, "span": _fmt_seconds(span),
         "started": start, "ended": end, "has_llm": llm_call_model() is not None,
@@ -215,6 +230,18 @@ def build(run: Run) -> dict[str, Any]:
         "events_total": RunEvent.objects.filter(run_id=run.pk).count() if more_events else len(events),
         "more_steps": more_steps, "more_events": more_events,
     }
+
+
+AXIS_UNITS = (("ms", 0.001, 1.0), ("s", 1.0, 600.0), ("m", 60.0, 36000.0), ("h", 3600.0, float("inf")))
+
+
+def axis_ticks(span: float, points: tuple[int, ...] = (0, 25, 50, 75, 100)) -> list[tuple[int, str]]:
+    """Labels at ``points`` percent of ``span`` seconds, all in one unit (ms, s, m or h: the
+    first that keeps the end label below 600), with as few decimals as keep them apart."""
+    name, size, _ = next(unit for unit in AXIS_UNITS if span < unit[2])
+    step = span * (points[1] - points[0]) / 100 / size if len(points) > 1 else span / size
+    decimals = 0 if step >= 5 else 1 if step >= 0.5 else 2
+    return [(p, f"{span * p / 100 / size:.{decimals}f}{name}") for p in points]
 
 
 def waited(since: datetime | None, now: datetime | None = None) -> str:

@@ -291,6 +291,9 @@ class StepDetail(APIView):
         if apps.is_installed("providers") and hasattr(row, "llm_calls"):
             calls = list(row.llm_calls.order_by("id"))
         row.api_llm_calls = calls  # type: ignore[attr-defined]
+        # Tool calls of an llm step's agent loop (the providers app's rows, through the reverse relation).
+        tools = list(row.tool_calls.order_by("id")) if hasattr(row, "tool_calls") else []
+        row.api_tool_calls = tools  # type: ignore[attr-defined]
         return Response(StepDetailSerializer(row).data)
 
 

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from steps.models import StepExecution
 
 from .models import Run, RunEvent
+from .serializers import LLMCallSerializer, ToolCallSerializer
 
 STATUS_MARK = {
     "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",
@@ -53,18 +54,49 @@ def parse_json_arg(value: str, what: str) -> Any:
 
 
 def run_as_json(run: Run) -> dict[str, Any]:
+    """What ``show_run --json`` prints. Keys are only ever added (scripts parse them); the
+    LLM and tool calls use the API's field names (docs/api.md)."""
+    rows = list(StepExecution.objects.filter(run_id=run.pk).order_by("id"))
+    llm_calls, tool_calls = _calls_by_step(rows)
     steps = []
-    for row in StepExecution.objects.filter(run_id=run.pk).order_by("id"):
+    for row in rows:
         steps.append({
             "name": row.key, "type": row.type, "status": row.status, "attempts": row.attempt,
             "output": row.output, "error": _public_error(row.error),
             "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
+            "llm_calls": llm_calls.get(row.pk, []), "tool_calls": tool_calls.get(row.pk, []),
         })
     return {
         "id": str(run.pk), "workflow": run.workflow_name, "version": run.workflow.version,
         "status": run.status, "input": run.input, "output": run.output, "error": _public_error(run.error),
-        "steps": steps,  # exactly these keys: scripts parse them (issue 2, "Commands")
+        "forked_from": str(run.forked_from_id) if run.forked_from_id else None,
+        "forked_from_step": run.forked_from_step or None,
+        "forks": [{"id": str(pk), "from_step": step, "status": status} for pk, step, status in forks_of(run)],
+        "steps": steps,
     }
+
+
+def forks_of(run: Run) -> list[tuple[Any, str, str]]:
+    """(id, from_step, status) of the runs forked from ``run``, oldest first."""
+    return list(Run.objects.filter(forked_from_id=run.pk).order_by("created_at", "id")
+                .values_list("id", "forked_from_step", "status")[:1000])
+
+
+def _calls_by_step(rows: list[StepExecution]) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+    """LLM calls and tool calls of ``rows`` by step id, serialised as the API does. The rows belong
+    to the providers app; they are reached through their reverse relations, so runs imports nothing of it."""
+    llm: dict[int, list[Any]] = {}
+    tools: dict[int, list[Any]] = {}
+    if not rows:
+        return llm, tools
+    for attr, serializer, out in (("llm_calls", LLMCallSerializer, llm), ("tool_calls", ToolCallSerializer, tools)):
+        descriptor = getattr(StepExecution, attr, None)
+        if descriptor is None:
+            continue
+        model = descriptor.rel.related_model
+        for call in model.objects.filter(step__run_id=rows[0].run_id).order_by("step_id", "id"):
+            out.setdefault(call.step_id, []).append(serializer(call).data)
+    return llm, tools
 
 
 def _public_error(error: Any) -> Any:
@@ -117,6 +149,7 @@ def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
     lines.append(head)
     took = ("took " if run.finished_at else "elapsed ") + _fmt_seconds(span)
     lines.append(f"started {start:%Y-%m-%d %H:%M:%S} UTC, {took}")
+    lines.extend(fork_lines(run))
     name_width = min(max([len(_indent(r)) + len(r.key) for r in rows] + [4]), 36)
     lines.append("")
     lines.append(f"  {'step':<{name_width}}  {'0':<{width // 2}}{_fmt_seconds(span):>{width - width // 2}}  status")
@@ -170,6 +203,16 @@ def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
     elif run.error:
         lines.append(f"error: {run.error.get('type')}: {run.error.get('message')}")
     return "\n".join(lines)
+
+
+def fork_lines(run: Run) -> list[str]:
+    """The header lines that link a fork and its source, both ways."""
+    lines = []
+    if run.forked_from_id:
+        lines.append(f"forked from run {run.forked_from_id} at step {run.forked_from_step}")
+    for pk, step, status in forks_of(run):
+        lines.append(f"fork {pk} from step {step} [{status}]")
+    return lines
 
 
 def _indent(row: StepExecution) -> str:

@@ -9,6 +9,7 @@ the path of the field, all at once, and nothing is stored unless there are none.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ import jsonschema
 import yaml
 
 from steps.jsonvalues import json_problems
-from steps.templating import TemplateProblem, check_expression, check_template, walk_templates
+from steps.templating import TemplateProblem, check_expression, check_template, step_references, walk_templates
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workflow-v1.schema.json"
 END = "end"
@@ -218,6 +219,9 @@ class _Builder:
         self.sequences: dict[str, list[StepSpec]] = {}
         self.default_max_visits = int(document.get("max_visits") or _default_max_visits())
         self.handler_exists = handler_exists
+        # (path, source) of every template and expression that compiled: their steps.<name>
+        # references are checked once all step names are known.
+        self.templates: list[tuple[str, str]] = []
 
     def error(self, path: str, message: str) -> None:
         self.errors.append((path, message))
@@ -319,12 +323,26 @@ class _Builder:
                     check_template(source)
                 except TemplateProblem as exc:
                     self.error(tpath, str(exc))
+                else:
+                    self.templates.append((tpath, source))
 
     def check_expr(self, expr: str, path: str) -> None:
         try:
             check_expression(expr)
         except TemplateProblem as exc:
             self.error(path, str(exc))
+        else:  # a bare expression, read as one template expression
+            self.templates.append((path, expr if "{{" in expr else "{{ " + expr + " }}"))
+
+    def check_step_references(self) -> None:
+        """``steps.<name>`` must name a step of this workflow (a typo would only fail at run time)."""
+        known = sorted(self.by_name)
+        for path, source in self.templates:
+            for name in step_references(source):
+                if name not in self.by_name:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f" (steps: {', '.join(known)})"
+                    self.error(path, f"steps.{name}: no step named {name!r} in this workflow{hint}")
 
     def check_targets(self) -> None:
         for name, spec in self.by_name.items():
@@ -366,8 +384,13 @@ def _default_max_visits() -> int:
         return 10
 
 
-def validate(document: Any, *, source: str | None = None, handler_exists: Any = None) -> WorkflowSpec:
-    """Validate a parsed document and return its spec, or raise DefinitionError."""
+def validate(document: Any, *, source: str | None = None, handler_exists: Any = None,
+             check_references: bool = True) -> WorkflowSpec:
+    """Validate a parsed document and return its spec, or raise DefinitionError.
+
+    ``check_references=False`` skips the ``steps.<name>`` check: a version stored before
+    that check existed must still run (an unknown name then fails only where it is read).
+    """
     if not isinstance(document, dict):
         kind = type(document).__name__ if document is not None else "an empty document"
         raise DefinitionError([("", f"a workflow definition must be a mapping (object), got {kind}")], source)
@@ -387,6 +410,10 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
                 check_template(src)
             except TemplateProblem as exc:
                 builder.error(tpath, str(exc))
+            else:
+                builder.templates.append((tpath, src))
+    if check_references:
+        builder.check_step_references()
     if document.get("input_schema") is not None:
         try:
             jsonschema.Draft202012Validator.check_schema(document["input_schema"])
@@ -418,7 +445,7 @@ def _cached_spec(workflow_id: int, digest: str) -> WorkflowSpec:
     from .models import Workflow
 
     workflow = Workflow.objects.get(pk=workflow_id)
-    return validate(workflow.definition)
+    return validate(workflow.definition, check_references=False)
 
 
 def spec_for(workflow: Any) -> WorkflowSpec:

@@ -98,6 +98,12 @@ class Run(models.Model):
     parent_step = models.ForeignKey(
         "steps.StepExecution", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs"
     )
+    # A fork (services.fork_run) names its source and the step it ran from; the source
+    # finds its forks through ``forks``.
+    forked_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
+    )
+    forked_from_step = models.CharField(max_length=200, blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

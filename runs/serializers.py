@@ -99,23 +99,40 @@ class RunSerializer(serializers.ModelSerializer):
     output = serializers.JSONField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
     parent_run = serializers.UUIDField(source="parent_run_id", allow_null=True)
+    forked_from = serializers.UUIDField(source="forked_from_id", allow_null=True,
+                                        help_text="The run this one was forked from (null: not a fork).")
+    forked_from_step = serializers.CharField(allow_blank=True, help_text="The step a fork ran from (\"\": not a fork).")
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
     max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True, allow_null=True)
 
     class Meta:
         model = Run
         fields = ["id", "workflow", "version", "status", "input", "output", "error", "idempotency_key",
-                  "parent_run", "created_by", "created_at", "started_at", "finished_at", "updated_at",
+                  "parent_run", "forked_from", "forked_from_step",
+                  "created_by", "created_at", "started_at", "finished_at", "updated_at",
                   "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens"]
         read_only_fields = fields
 
 
+class ForkSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    from_step = serializers.CharField(source="forked_from_step")
+    status = serializers.ChoiceField(choices=RunStatus.choices)
+    created_at = serializers.DateTimeField()
+
+
 class RunDetailSerializer(RunSerializer):
+    forks = serializers.SerializerMethodField()
     steps = serializers.SerializerMethodField()
 
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "steps"]
+        fields = [*RunSerializer.Meta.fields, "forks", "steps"]
         read_only_fields = fields
+
+    @extend_schema_field(ForkSummarySerializer(many=True))
+    def get_forks(self, run: Run) -> list[dict[str, Any]]:
+        rows = Run.objects.filter(forked_from_id=run.pk).order_by("created_at", "id")
+        return ForkSummarySerializer(rows, many=True).data  # type: ignore[return-value]
 
     @extend_schema_field(StepSummarySerializer(many=True))
     def get_steps(self, run: Run) -> list[dict[str, Any]]:
@@ -193,12 +210,32 @@ class LLMCallSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    round = serializers.IntegerField(help_text="The model turn that asked for this call.")
+    call_id = serializers.CharField(help_text="The id the model gave the call.")
+    tool = serializers.CharField()
+    handler = serializers.CharField(allow_blank=True)
+    arguments = serializers.JSONField()
+    status = serializers.CharField(help_text="started, completed or failed.")
+    output = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    executions = serializers.IntegerField(help_text="How many times the handler was entered (more than 1: a "
+                                                    "worker died or the step retried while the tool ran).")
+    step_attempt = serializers.IntegerField(help_text="The step attempt that last ran it.")
+    idempotency_key = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
 class StepDetailSerializer(StepSummarySerializer):
     attempt_history = AttemptSerializer(many=True, source="api_attempts")
     llm_calls = LLMCallSerializer(many=True, source="api_llm_calls")
+    tool_calls = ToolCallSerializer(many=True, source="api_tool_calls")
 
     class Meta(StepSummarySerializer.Meta):
-        fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls"]
+        fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls",
+                  "tool_calls"]
         read_only_fields = fields
 
 

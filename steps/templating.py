@@ -17,6 +17,10 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from django.apps import apps
+from django.core.exceptions import AppRegistryNotReady, ImproperlyConfigured
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
@@ -233,7 +237,7 @@ def _strip_braces(expr: str) -> str:
     return inner if inner is not None else expr
 
 
-def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = False) -> Any:
+def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = False, source: str = "") -> Any:
     """Run compiled template code, turning every failure of user code into TemplateProblem."""
     try:
         result = fn(**context)
@@ -246,7 +250,7 @@ def _evaluate(fn: Any, context: Mapping[str, Any], what: str, *, plain: bool = F
     except TemplateProblem:
         raise
     except UndefinedError as exc:
-        raise TemplateProblem(f"{what}: {exc.message}") from None
+        raise TemplateProblem(f"{what}: {missing_step_message(source, context) or exc.message}") from None
     except SecurityError as exc:
         raise TemplateProblem(f"{what}: refused by the sandbox: {exc}") from None
     except TemplateError as exc:
@@ -293,11 +297,11 @@ def _render(value: Any, context: Mapping[str, Any]) -> Any:
         expr = _single_expression(value)
         what = f"template {value.strip()!r}"
         if expr is not None:
-            result = _evaluate(_compile_expression(expr), context, what, plain=True)
+            result = _evaluate(_compile_expression(expr), context, what, plain=True, source=value)
             if isinstance(result, str) and len(result) > _MAX_OUTPUT:
                 raise TemplateProblem(f"template {value.strip()[:60]!r} rendered more than {_MAX_OUTPUT} characters")
             return result
-        text = _evaluate(lambda **ctx: _compile_template(value).render(**ctx), context, what)
+        text = _evaluate(lambda **ctx: _compile_template(value).render(**ctx), context, what, source=value)
         if len(text) > _MAX_OUTPUT:
             raise TemplateProblem(f"template {value.strip()[:60]!r} rendered more than {_MAX_OUTPUT} characters")
         return text
@@ -314,7 +318,7 @@ def evaluate(expr: str | bool, context: Mapping[str, Any]) -> Any:
         return expr
     source = _strip_braces(expr)
     with limits.render_budget():
-        return _evaluate(_compile_expression(source), context, f"expression {source.strip()!r}")
+        return _evaluate(_compile_expression(source), context, f"expression {source.strip()!r}", source=source)
 
 
 def walk_templates(value: Any, path: str) -> list[tuple[str, str]]:
@@ -330,3 +334,72 @@ def walk_templates(value: Any, path: str) -> list[tuple[str, str]]:
         for i, v in enumerate(value):
             found.extend(walk_templates(v, f"{path}[{i}]"))
     return found
+
+
+# --- steps.<name> references ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def step_references(source: str) -> tuple[str, ...]:
+    """The step names a template or expression reads as ``steps.<name>`` or ``steps['<name>']``,
+    in order of appearance (``steps.get(...)`` and other method calls are not names). A source
+    that does not compile names nothing here: its compile error is reported on its own."""
+    expr = _single_expression(source)
+    try:
+        tree = _env.parse("{{ " + expr + " }}" if expr is not None else source)
+    except TemplateSyntaxError:
+        return ()
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}
+    names: list[str] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target: Any = node
+        if not (isinstance(target.node, nodes.Name) and target.node.name == "steps") or id(node) in called:
+            continue
+        if isinstance(target, nodes.Getattr):
+            name: Any = target.attr
+        else:
+            name = target.arg.value if isinstance(target.arg, nodes.Const) else None
+        if isinstance(name, str) and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def missing_step_message(source: str, context: Mapping[str, Any]) -> str | None:
+    """An undefined ``steps.<name>`` at run time, said in the workflow's terms (not the
+    engine's classes): the step does not exist in the workflow, or has not run yet."""
+    steps = context.get("steps")
+    if not source or not isinstance(steps, Mapping):
+        return None
+    missing = [name for name in step_references(source) if name not in steps]
+    if not missing:
+        return None
+    run = context.get("run") if isinstance(context.get("run"), Mapping) else {}
+    workflow = f"workflow {run.get('workflow')!r} v{run.get('version')}" if run else "this workflow"
+    defined = _defined_step_names(run.get("id")) if run else None
+    name = missing[0]
+    if defined is not None and name not in defined:
+        return f"step {name!r} does not exist in {workflow} (its steps: {', '.join(sorted(defined))})"
+    return (f"step {name!r} has no output yet: it has not run in this run before this point "
+            f"(a branch not taken, or a step that comes later in {workflow})")
+
+
+def _defined_step_names(run_id: Any) -> set[str] | None:
+    """Every step name of the run's workflow version (None when it cannot be read)."""
+    try:
+        definition = (apps.get_model("runs", "Run").objects.filter(pk=run_id)
+                      .values_list("workflow__definition", flat=True).first())
+    except (AppRegistryNotReady, ImproperlyConfigured, DatabaseError, DjangoValidationError):
+        return None  # no database here (schema tooling, a template rendered outside a run)
+    if not isinstance(definition, dict):
+        return None
+    names: set[str] = set()
+    pending: list[Any] = list(definition.get("steps") or [])
+    while pending:
+        raw = pending.pop()
+        if not isinstance(raw, dict):
+            continue
+        if isinstance(raw.get("name"), str):
+            names.add(raw["name"])
+        for steps in (raw.get("branches") or {}).values():
+            pending.extend(steps if isinstance(steps, list) else [])
+    return names

@@ -17,6 +17,8 @@ from django.contrib.auth.models import User
 from approvals.models import ApprovalStatus
 from runs.services import start_run
 from tests.approval_support import finished, pending_approval, review_workflow
+from tests.support.llm_server import llm_server_fixture, llm_server_session_fixture  # noqa: F401  (fixtures)
+from tests.test_llm_transcript_and_audit import agent_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -85,3 +87,33 @@ def test_a_reviewer_approves_in_the_browser_and_sees_the_run_finish(
     assert "cannot decide" in page.inner_text("#no-decide")
     if os.environ.get("STEVORA_SCREENSHOTS"):
         page.screenshot(path=os.path.join(os.environ["STEVORA_SCREENSHOTS"], "bob-approval.png"), full_page=True)
+
+
+def test_an_llm_steps_transcript_and_the_llm_call_list_in_the_browser(
+        engine: Any, live_server: Any, workflow: Any, llm_server: Any, browser: Any, tmp_path: Path) -> None:
+    run = agent_run(workflow, llm_server)
+    User.objects.create_superuser("root", password="root-pass-123")
+    run_page = f"/admin/runs/run/{run.pk}/change/"
+    page = log_in(browser, live_server.url, "root", "root-pass-123", run_page)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.click("#step-ask > summary")
+    transcript = page.locator("#step-ask .transcript")
+    assert transcript.is_visible()
+    roles = transcript.locator(".turn").evaluate_all("turns => turns.map(t => t.dataset.role)")
+    assert roles == ["system", "user", "assistant", "assistant", "feedback", "assistant"]
+    tool = transcript.locator(".tool-call[data-tool='lookup']")
+    assert tool.is_visible()
+    # Escaped in the HTML, so the browser shows the text itself, not markup.
+    assert '"query": "<otters>"' in tool.locator(".tool-arguments").inner_text()
+    assert '"found": "facts about <otters>"' in tool.locator(".tool-result").inner_text()
+    assert "fallback: answered by secondary after primary" in transcript.inner_text()
+    assert transcript.locator(".failed-attempt").count() == 1
+    assert not page.locator("#step-ask details.raw pre").first.is_visible()  # raw JSON stays folded
+    page.locator("#step-ask .transcript").screenshot(path=str(os.environ.get("STEVORA_SCREENSHOT_DIR", tmp_path))
+                                                     + "/transcript.png")
+
+    # The LLM-call list fits a 1400 px window: no horizontal scrolling.
+    page.goto(f"{live_server.url}/admin/providers/llmcall/")
+    assert page.locator("#result_list tbody tr").count() == 4
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1] == 1400, widths

@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from runs.models import Run, RunEvent
-from runs.services import fork_run, load_workflow, start_run
+from runs.services import fork_run, load_workflow, pause_run, start_run
 from steps.models import StepExecution
 from tests.api_support import SERVICE_PERMS, client_for, errors_by_field, make_user, three_steps
 from tests.conftest import read_ledger, wait_for_run
@@ -89,6 +89,9 @@ def test_bad_forks_name_the_field_and_create_nothing(api: APIClient) -> None:
     load_workflow(three_steps())
     source = start_run("api-three", {"topic": "x"}).run  # only a was reached (no engine)
     url = f"/api/v1/runs/{source.pk}/fork/"
+    moving = api.post(url, {"from_step": "a"}, format="json")
+    assert moving.status_code == 409 and "only a completed, failed, cancelled or paused run" in str(moving.json())
+    pause_run(source.pk, actor="test")  # a paused run can be forked
     assert "from_step" in errors_by_field(api.post(url, {}, format="json"))
     unknown = errors_by_field(api.post(url, {"from_step": "zzz"}, format="json"))
     assert "not a top-level step" in unknown["from_step"]

@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from runs.definitions import DefinitionError, handler_registered, validate
 from runs.models import Run, Workflow
 from runs.services import StartError, load_workflow, load_workflow_text, start_run
-from steps.templating import TemplateProblem, check_template, evaluate, render_value
+from steps.templating import TemplateProblem, check_template, evaluate, render_value, step_references
 from tests.support.workers import ROOT, subprocess_env
 
 YAML_DOC = """
@@ -431,10 +431,15 @@ def test_keys_named_like_dict_methods_mean_the_keys() -> None:
 
 def test_undefined_names_fail_clearly_in_every_form() -> None:
     context = {"input": {"a": 1}, "steps": {}}
-    for template in ("{{ input.b }}", "x {{ input.b }}", "{{ steps.fetch.output }}", "{{ [input.b] }}"):
+    for template in ("{{ input.b }}", "x {{ input.b }}", "{{ [input.b] }}"):
         with pytest.raises(TemplateProblem) as info:
             render_value(template, context)
         assert "undefined" in str(info.value) or "has no attribute" in str(info.value)
+    # A step that has not run is said in the workflow's terms, not as an engine class's attribute.
+    for template in ("{{ steps.fetch.output }}", "x {{ steps['fetch'].output.y }}"):
+        with pytest.raises(TemplateProblem, match="step 'fetch' has no output yet") as info:
+            render_value(template, context)
+        assert "View" not in str(info.value) and "attribute" not in str(info.value)
     with pytest.raises(TemplateProblem):
         evaluate("input.b == 1", context)
     with pytest.raises(TemplateProblem):
@@ -511,5 +516,29 @@ def test_every_complete_example_in_the_definitions_doc_loads(db: Any) -> None:
             if step.get("type") == "map":
                 step["step"]["handler"] = "noop"
         nexts = {s.get(k) for s in steps for k in ("then", "else", "next", "on_failure")} - {None, "end"}
-        padding = [task(name) for name in sorted(nexts)]
+        # Steps the fragment's templates and conditions read (steps.<name>) exist in the whole workflow.
+        read = {name for s in steps for text in _strings(s)
+                for name in step_references(text if "{{" in text else "{{ " + text + " }}")}
+        defined = {name for s in steps for name in _names(s)}  # step names anywhere in it (branches too)
+        padding = [task(name) for name in sorted((nexts | read) - defined)]
         validate({"name": f"fragment{i}", "steps": steps + padding}, handler_exists=handler_registered)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for v in value.values() for text in _strings(v)]
+    if isinstance(value, list):
+        return [text for v in value for text in _strings(v)]
+    return []
+
+
+def _names(value: Any) -> list[str]:
+    """Every ``name`` of a step or of the steps nested in it."""
+    if isinstance(value, list):
+        return [name for v in value for name in _names(v)]
+    if not isinstance(value, dict):
+        return []
+    own = [value["name"]] if isinstance(value.get("name"), str) and "type" in value else []
+    return own + [name for v in value.values() for name in _names(v)]

@@ -785,11 +785,15 @@ def test_show_run_json_has_exactly_the_documented_keys(engine: Any, workflow: An
     run = run_to_end("shown", {"k": "v"})
     code, out, _ = command("show_run", str(run.pk), "--json")
     data = json.loads(out)
-    assert set(data) == {"id", "workflow", "version", "status", "input", "output", "error", "steps"}
+    assert set(data) == {"id", "workflow", "version", "status", "input", "output", "error", "forked_from",
+                         "forked_from_step", "forks", "steps"}
+    assert (data["forked_from"], data["forked_from_step"], data["forks"]) == (None, None, [])
     assert (data["id"], data["workflow"], data["version"], data["status"]) == (str(run.pk), "shown", 1, "completed")
     assert (data["input"], data["output"], data["error"]) == ({"k": "v"}, {"attempt": 2}, None)
     for step in data["steps"]:
-        assert set(step) == {"name", "type", "status", "attempts", "output", "error", "started_at", "finished_at"}
+        assert set(step) == {"name", "type", "status", "attempts", "output", "error", "started_at", "finished_at",
+                             "llm_calls", "tool_calls"}
+        assert step["llm_calls"] == step["tool_calls"] == []  # task steps call no model
     assert [(s["name"], s["type"], s["status"], s["attempts"]) for s in data["steps"]] == [
         ("a", "task", "completed", 1), ("b", "task", "completed", 2)]
     assert data["steps"][0]["output"] == {"x": 1}

@@ -10,7 +10,7 @@ from runs.definitions import input_errors
 from runs.engine import transitions as t
 from runs.engine.effects import Effects
 from runs.errors import StartError
-from runs.models import Run, RunStatus
+from runs.models import RUN_TERMINAL, IllegalTransition, Run, RunStatus
 from steps.models import StepExecution, StepStatus
 
 from .control import get_run
@@ -24,9 +24,12 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
     again — and ``from_step`` is activated as if its predecessor had just finished,
     optionally with a changed input (the copied outputs stay as they were). The new
     run's history names its source. ``from_step`` must be a top-level step the source
-    run reached.
+    run reached. A run still moving (pending, running, waiting) is refused: pause or cancel it first.
     """
     source = get_run(run_id)
+    if source.status not in (*RUN_TERMINAL, RunStatus.PAUSED):
+        raise IllegalTransition(f"run {source.pk} is {source.status}; only a completed, failed, cancelled or paused "
+                                "run can be forked (pause or cancel it first)")
     wf = t.workflow_spec(source)
     errors: list[tuple[str, str]] = []
     top_level = [s.name for s in wf.steps]
@@ -55,8 +58,11 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
             workspace_id=source.workspace_id, workflow=source.workflow, workflow_name=source.workflow_name,
             status=RunStatus.RUNNING, input=new_input, created_by=actor, started_at=now,
             max_cost_usd=source.max_cost_usd, max_tokens=source.max_tokens,
+            forked_from=source, forked_from_step=from_step,
         )
         run.workflow = source.workflow
+        fx.event(source.pk, "fork_created", actor=actor, message=f"forked as run {run.pk} from step {from_step!r}",
+                 data={"fork": str(run.pk), "from_step": from_step})
         fx.event(run.pk, "run_started", actor=actor,
                  data={"workflow": source.workflow_name, "version": source.workflow.version,
                        "forked_from": str(source.pk), "from_step": from_step})

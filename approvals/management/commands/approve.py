@@ -19,7 +19,9 @@ class Command(BaseCommand):
             "decision is recorded as the shell operator (cli:<os user>).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("target", metavar="APPROVAL_OR_RUN_ID")
+        parser.add_argument("target", metavar="APPROVAL_OR_RUN_ID",
+                            help="an approval's number (as pending_approvals lists it) or the id of a run with "
+                                 "exactly one pending approval")
         parser.add_argument("--reject", action="store_true", help="reject instead of approve")
         parser.add_argument("--comment", default="", help="a comment recorded with the decision")
         parser.add_argument("--content", default=None, help="edited content as JSON (where the step allows edits)")

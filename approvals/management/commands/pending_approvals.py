@@ -20,7 +20,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         parser.add_argument("--as", dest="username", default=None, help="only what this user may decide")
-        parser.add_argument("--limit", type=int, default=200)
+        parser.add_argument("--limit", type=int, default=200,
+                            help="show at most this many, oldest first (default: 200)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["limit"] < 1:

@@ -15,7 +15,7 @@ class Command(BaseCommand):
     help = "Deliver an external event: stored, and every waiting step it satisfies completes with it."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("name", metavar="NAME", help="the event's name, as external_event steps name it")
         parser.add_argument("--key", default=None, help="correlation key (e.g. an order id)")
         parser.add_argument("--payload", default=None, help="event payload as JSON")
         parser.add_argument("--id", dest="event_id", default=None, help="sender's id for deduplication")

@@ -10,14 +10,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from runs.models import IllegalTransition, Run
 from runs.services import NotFound
 
+STATES_DOC = "Run states and the moves between them: docs/operations.md, 'Run and step states'."
+
 
 class ControlCommand(BaseCommand):
     verb = ""
     service: Callable[..., Run]
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_id", metavar="RUN_ID")
-        parser.add_argument("--as", dest="actor", default="cli", help="who is acting (recorded in history)")
+        parser.add_argument("run_id", metavar="RUN_ID", help="the run's id (a UUID, as start_run printed it)")
+        parser.add_argument("--as", dest="actor", default="cli",
+                            help="who is acting, recorded in the run's history (default: cli)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -13,7 +13,8 @@ class Command(BaseCommand):
     help = "Validate and store workflow definitions (YAML or JSON files, or folders of them)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("paths", nargs="+", metavar="PATH")
+        parser.add_argument("paths", nargs="+", metavar="PATH",
+                            help="a .yaml, .yml or .json definition, or a folder searched for them")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -1,9 +1,10 @@
 from runs.services import pause_run
 
-from ._control import ControlCommand
+from ._control import STATES_DOC, ControlCommand
 
 
 class Command(ControlCommand):
-    help = "Pause a run (see DESIGN §3 for which states allow it)."
+    help = ("Pause a pending, running or waiting run -> paused. Running steps finish; the task/llm steps "
+            "after them wait as ready until resume_run. Any other state is refused. " + STATES_DOC)
     verb = "pause"
     service = staticmethod(pause_run)

@@ -1,9 +1,10 @@
 from runs.services import resume_run
 
-from ._control import ControlCommand
+from ._control import STATES_DOC, ControlCommand
 
 
 class Command(ControlCommand):
-    help = "Resume a run (see DESIGN §3 for which states allow it)."
+    help = ("Resume a paused run -> running: the steps the pause held are published again. A run that is "
+            "not paused is refused. " + STATES_DOC)
     verb = "resume"
     service = staticmethod(resume_run)

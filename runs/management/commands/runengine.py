@@ -22,8 +22,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--concurrency", type=int, default=None,
                             help="worker processes (prefork) when a broker is configured; default 2")
-        parser.add_argument("--loglevel", default="WARNING",
-                            help="Celery worker log level: DEBUG, INFO, WARNING (default), ERROR or CRITICAL")
+        parser.add_argument("--loglevel", default="WARNING", type=str.upper,
+                            choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                            help="how much the worker logs (default: WARNING; INFO shows every task)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         mark_engine_process()

@@ -13,7 +13,7 @@ class Command(BaseCommand):
     help = "Show a run: a drawn timeline of its steps, or --json for scripts."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_id", metavar="RUN_ID")
+        parser.add_argument("run_id", metavar="RUN_ID", help="the run's id (a UUID, as start_run printed it)")
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -22,6 +22,6 @@ class Command(BaseCommand):
         except NotFound as exc:
             raise CommandError(str(exc)) from None
         if options["json"]:
-            self.stdout.write(json.dumps(run_as_json(run), indent=2, default=str))
+            self.stdout.write(json.dumps(run_as_json(run), indent=2, default=str, ensure_ascii=False))
         else:
             self.stdout.write(draw_timeline(run))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import difflib
 import sys
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from runs.cli import STATUS_MARK, parse_json_arg
-from runs.models import Run, RunStatus
+from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunStatus, Workflow
 from runs.services import StartError, start_run
 from steps.models import StepExecution
 
@@ -21,14 +22,16 @@ class Command(BaseCommand):
             "person or an event.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("name", metavar="NAME", help="the workflow's name (load it first with load_workflows)")
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--input", help="run input as a JSON object")
         group.add_argument("--input-file", help="file holding the run input as JSON")
         parser.add_argument("--workflow-version", type=int, help="a specific version (default: latest)")
         parser.add_argument("--idempotency-key", help="the same key returns the same run")
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish or park")
-        parser.add_argument("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
+        parser.add_argument("--timeout", type=float, default=None,
+                            help="with --wait: give up waiting after this many seconds (exit 2; the run goes "
+                                 "on). Default: wait forever")
 
     def handle(self, *args: Any, **options: Any) -> None:
         run_input: Any = {}
@@ -47,7 +50,7 @@ class Command(BaseCommand):
             result = start_run(options["name"], run_input, version=options["workflow_version"],
                                idempotency_key=options["idempotency_key"], actor="cli")
         except StartError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(start_error_text(exc, options["name"])) from None
         run = result.run
         if not result.created:
             self.stderr.write(f"idempotency key matched an existing run ({run.status})")
@@ -56,6 +59,26 @@ class Command(BaseCommand):
             self.stdout.write(str(run.pk))
             sys.exit(code)
         self.stdout.write(str(run.pk))
+
+
+def start_error_text(exc: StartError, name: str) -> str:
+    """The error once (not its message and then the same line again as a detail); an unknown
+    workflow gets the names it may have meant."""
+    if [path for path, _ in exc.errors] != ["workflow"]:
+        return str(exc)
+    message = exc.errors[0][1]
+    known = list(Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG)
+                 .values_list("name", flat=True).distinct().order_by("name")[:1000])
+    if name in known:  # the name exists, the asked version does not
+        versions = Workflow.objects.filter(workspace__slug=DEFAULT_WORKSPACE_SLUG, name=name).order_by("version")
+        return f"{message}\nversions of {name}: {', '.join(str(v) for v in versions.values_list('version', flat=True))}"
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        return f"{message}\ndid you mean: {', '.join(close)}?"
+    if known:
+        shown = ", ".join(known[:10]) + (", …" if len(known) > 10 else "")
+        return f"{message}\nloaded workflows: {shown}"
+    return message
 
 
 def wait_for(run_id: Any, timeout: float | None, err: Any) -> int:
