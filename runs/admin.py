@@ -324,15 +324,6 @@ class RunEventAdmin(AuditRecordAdmin):
     search_fields = ("run__id",)
     search_help_text = "A run id (UUID)."
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 # Step executions: read-only, linked back to their run's observatory page.
 @admin.register(StepExecution)
