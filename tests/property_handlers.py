@@ -42,7 +42,7 @@ def fault(name: str) -> None:
         raise AttemptDied(name)
 
 
-def ring(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None) -> None:
+def ring(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None, **_: Any) -> None:
     """``dispatch.dispatch_steps``'s stand-in: the message goes into ``BELLS``."""
     fault("before_publish")
     BELLS.extend(step_ids)
