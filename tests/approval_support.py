@@ -9,7 +9,7 @@ from django.conf import settings
 from approvals.models import Approval
 from runs.models import Run, RunStatus
 from steps.models import StepExecution, StepStatus
-from tests.conftest import reserved_tags, wait_for_run
+from tests.conftest import queue_length, reserved_tags, wait_for_run
 from tests.support.workers import wait_until
 
 EMBEDDED = settings.IS_EMBEDDED_BROKER
@@ -65,4 +65,4 @@ def queued_messages() -> int:
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    return int(client.llen(queue)) + len(reserved_tags(client, queue))
+    return queue_length(client, queue) + len(reserved_tags(client, queue))

@@ -54,6 +54,13 @@ def purge_queue() -> None:
         client.zrem("unacked_index", tag)
 
 
+def queue_length(client: Any, queue: str) -> int:
+    """Messages waiting in ``queue`` on Redis, over kombu's priority lists (``queue`` holds
+    priority 0, ``queue\x06\x16N`` priority N; steps are published at 3)."""
+    keys = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+    return sum(int(client.llen(key)) for key in keys)
+
+
 def reserved_tags(client: Any, queue: str) -> list[bytes]:
     """Delivery tags of the messages reserved from ``queue`` and not acknowledged yet
     (kombu's Redis transport keeps them in the ``unacked`` hash)."""

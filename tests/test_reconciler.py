@@ -15,7 +15,7 @@ from runs.engine.recovery import sweep
 from runs.models import RunEvent
 from runs.services import start_run
 from steps.models import StepExecution
-from tests.conftest import EMBEDDED, wait_for_run
+from tests.conftest import EMBEDDED, queue_length, wait_for_run
 from tests.support.workers import wait_until
 
 
@@ -91,7 +91,7 @@ def test_a_parked_run_holds_no_worker_and_no_message(engine: Any, workflow: Any)
         import redis
 
         client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-        assert client.llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 0
+        assert queue_length(client, settings.CELERY_TASK_DEFAULT_QUEUE) == 0
     # Moving the timer into the past wakes them all through the sweep.
     StepExecution.objects.filter(run__in=runs, status="waiting").update(wake_at=timezone.now())
     wait_until(lambda: all(wait_for_run(r.pk).status == "completed" for r in runs), timeout=60)
