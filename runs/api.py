@@ -210,6 +210,7 @@ RunRetry = _control_view("retry", "Retry a failed run from its failed step")
 
 class RunFork(APIView):
     required_permissions = {"POST": ["runs.add_run"]}
+    may_conflict = True  # a run still moving cannot be forked (pause or cancel it first)
 
     @extend_schema(operation_id="runs_fork", request=ForkSerializer, responses={201: RunDetailSerializer},
                    summary="A new run that keeps the results of the steps before `from_step` and runs from there")

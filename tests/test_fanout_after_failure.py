@@ -15,7 +15,8 @@ from runs.services import start_run
 from steps.models import STEP_OPEN, StepExecution
 from tests.conftest import read_ledger
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# No engine runs beside these tests: they drive every claim themselves.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_engine")]
 
 
 def test_a_parallel_step_whose_first_branch_fails_inline_starts_no_later_branch(workflow: Any, ledger: Any) -> None:
