@@ -1,4 +1,4 @@
-"""Cost API: what a workspace's LLM calls cost, by period, workflow and provider."""
+"""Cost API: what a workspace's LLM calls cost, by period, workflow and provider, and one run's cost."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.fields import QuerySerializer
-from api.scoping import workspace_of
+from api.scoping import get_scoped, workspace_of
+from runs.models import Run
 
 from .models import LLMCall
 
@@ -48,6 +49,22 @@ class CostSummarySerializer(serializers.Serializer):
     by_period = CostRowSerializer(many=True)
     by_workflow = CostRowSerializer(many=True)
     by_provider = CostRowSerializer(many=True)
+
+
+class RunCostRowSerializer(CostRowSerializer):
+    key = serializers.CharField(help_text="The group: a step key or a provider name.")
+
+
+class RunCostSerializer(serializers.Serializer):
+    run = serializers.UUIDField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+    max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True,
+                                            allow_null=True)
+    max_tokens = serializers.IntegerField(allow_null=True)
+    by_step = RunCostRowSerializer(many=True)
+    by_provider = RunCostRowSerializer(many=True)
 
 
 def _rows(qs: Any, field: str) -> list[dict[str, Any]]:
@@ -91,3 +108,16 @@ class CostSummary(APIView):
             "by_provider": _rows(calls, "provider_name"),
         }
         return Response(CostSummarySerializer(data).data)
+
+
+class RunCost(APIView):
+    @extend_schema(operation_id="runs_cost", responses=RunCostSerializer,
+                   summary="The run's tokens and cost, by step and by provider")
+    def get(self, request: Request, run_id: str) -> Response:
+        run = get_scoped(request, Run.objects.all(), "run", pk=run_id)
+        calls = LLMCall.objects.filter(run_id=run.pk)
+        data = {"run": run.pk, "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
+                "cost_usd": run.cost_usd, "max_cost_usd": run.max_cost_usd, "max_tokens": run.max_tokens,
+                "by_step": _rows(calls.exclude(step__isnull=True), "step__key"),
+                "by_provider": _rows(calls, "provider_name")}
+        return Response(RunCostSerializer(data).data)

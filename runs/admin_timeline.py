@@ -54,7 +54,6 @@ class StepView:
     history: list[RunEvent] = field(default_factory=list)
     duration: str = ""
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
-    approval: Any = None
     panel: str = ""  # HTML a step type's app drew for this step (STEP_PANELS), already escaped
 
     @property
@@ -76,7 +75,8 @@ class StepView:
 
 
 # Step types whose app draws more than input/output on the run page (the llm step's
-# transcript): filled by those apps at start-up, so runs imports none of them.
+# transcript, the approval step's request and decision): filled by those apps at
+# start-up, so runs imports none of them.
 StepPanel = Callable[[StepExecution], str]
 STEP_PANELS: dict[str, StepPanel] = {}
 
@@ -160,17 +160,11 @@ def build(run: Run) -> dict[str, Any]:
             by_step.setdefault(event.step_key, []).append(event)
     depth_of: dict[int, int] = {}
     llm = _llm_calls(rows)
-    approvals_by_step: dict[int, Any] = {}
-    if apps.is_installed("approvals"):
-        from approvals.models import Approval
-
-        approvals_by_step = {a.step_id: a for a in Approval.objects.filter(run_id=run.pk)}
     views = []
     for row in rows:
         depth = depth_of.get(row.parent_id, -1) + 1 if row.parent_id else 0
         depth_of[row.pk] = depth
-        view = StepView(row=row, depth=depth, history=by_step.get(row.key, []), llm_calls=llm.get(row.pk, []),
-                        approval=approvals_by_step.get(row.pk))
+        view = StepView(row=row, depth=depth, history=by_step.get(row.key, []), llm_calls=llm.get(row.pk, []))
         if row.type in STEP_PANELS:
             view.panel = STEP_PANELS[row.type](row)
         queued_from = row.ready_at or row.created_at

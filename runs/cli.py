@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from steps.models import StepExecution
 
 from .models import Run, RunEvent
-from .serializers import LLMCallSerializer, ToolCallSerializer
+from .shapes import LLMCallSerializer, ToolCallSerializer
 
 STATUS_MARK = {
     "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",

@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from steps import handlers
+from steps import types as step_types
 from steps.jsonvalues import json_problems
 from steps.templating import TemplateProblem, check_expression, check_template, step_references, walk_templates
 
@@ -363,11 +365,7 @@ class _Builder:
 
 
 def _step_type(name: str) -> Any:
-    """The registered step type (None before the apps are ready, e.g. in schema tooling)."""
-    try:
-        from steps import types as step_types
-    except ImportError:
-        return None
+    """The registered step type (None before the apps that plug it in are ready)."""
     return step_types.get(name)
 
 
@@ -435,9 +433,7 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
 
 
 def handler_registered(name: str) -> bool:
-    from steps.handlers import registry
-
-    return name in registry
+    return name in handlers.registry
 
 
 @functools.lru_cache(maxsize=512)

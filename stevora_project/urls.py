@@ -7,11 +7,11 @@ API plumbing) import nothing from here.
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from api import runs as runs_api
 from api.urls import urlpatterns as api_pages
 from approvals.api import ApprovalDecide, ApprovalList
 from events.api import EventDeliver
-from providers.api import CostSummary
-from runs import api as runs_api
+from providers.api import CostSummary, RunCost
 
 from .health import healthz
 
@@ -30,7 +30,7 @@ api_v1 = [
     path(RUN + "retry/", runs_api.RunRetry.as_view(), name="run-retry"),
     path(RUN + "fork/", runs_api.RunFork.as_view(), name="run-fork"),
     path(RUN + "history/", runs_api.RunHistory.as_view(), name="run-history"),
-    path(RUN + "cost/", runs_api.RunCost.as_view(), name="run-cost"),
+    path(RUN + "cost/", RunCost.as_view(), name="run-cost"),
     re_path(r"^runs/(?P<run_id>[0-9a-f-]{36})/steps/(?P<step_key>[^/]+)/$", runs_api.StepDetail.as_view(),
             name="step"),
     path("events/", EventDeliver.as_view(), name="events"),

@@ -138,8 +138,8 @@ def test_every_operation_documents_the_error_body_and_only_its_own_codes(openapi
             for code in codes - {"200", "201"}:
                 ref = operation["responses"][code]["content"]["application/json"]["schema"]["$ref"]
                 assert ref.endswith("/Error"), (path, method, code)
-            assert ("409" in codes) == (path.endswith(("/cancel/", "/pause/", "/resume/", "/retry/", "/decide/"))), \
-                (method, path)
+            conflicts = path.endswith(("/cancel/", "/pause/", "/resume/", "/retry/", "/fork/", "/decide/"))
+            assert ("409" in codes) == conflicts, (method, path)
             assert ("403" in codes) == (method == "post"), (method, path)
             assert ("413" in codes) == (method == "post"), (method, path)
     assert "404" not in seen["POST /api/v1/runs/"] and "404" not in seen["GET /api/v1/cost/"]

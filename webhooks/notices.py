@@ -21,13 +21,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.urls import reverse
 from django.utils import timezone
 
+from approvals.models import Approval
 from runs.models import Run, RunEvent
 
 from .delivery import new_delivery, ring
@@ -87,10 +87,6 @@ def announce(row: RunEvent) -> int:
         return 0
     targets: list[tuple[str, int | None]] = []
     if row.kind == "approval_requested":
-        if not apps.is_installed("approvals"):
-            return 0
-        from approvals.models import Approval
-
         approval_id = (row.data or {}).get("approval_id")
         approval = Approval.objects.filter(pk=approval_id).first() if isinstance(approval_id, int) else None
         if approval is None:
@@ -143,9 +139,8 @@ def _worth_announcing(pks: list[int], subscribed: bool) -> list[RunEvent]:
     """The history rows among ``pks`` that can call for a delivery: approval requests go to
     subscribers and the global URL, or else only to their step's own webhook."""
     rows = list(RunEvent.objects.filter(pk__in=pks).order_by("pk"))
-    if subscribed or settings.STEVORA.get("APPROVAL_WEBHOOK_URL") or not apps.is_installed("approvals"):
+    if subscribed or settings.STEVORA.get("APPROVAL_WEBHOOK_URL"):
         return rows
-    from approvals.models import Approval
 
     asked = [row.data.get("approval_id") for row in rows if row.kind == "approval_requested"]
     with_url = set(Approval.objects.filter(pk__in=[a for a in asked if isinstance(a, int)])

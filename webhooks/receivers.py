@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.apps import apps
-
+from approvals.models import Approval
+from approvals.signals import approval_requested
 from runs.models import RunStatus
+from runs.signals import run_status_changed
 
 from .models import EventType
 from .notices import announce_latest, anyone_subscribes
@@ -38,8 +39,6 @@ def on_run_status_changed(sender: Any, run_id: Any, status: str, **kwargs: Any) 
 def on_approval_requested(sender: Any, approval_id: Any, webhook_url: str = "", **kwargs: Any) -> None:
     """The step's own webhook (stored on the approval), the global URL and the subscribers."""
     try:
-        from approvals.models import Approval
-
         run_id = Approval.objects.values_list("run_id", flat=True).get(pk=approval_id)
         announce_latest(run_id, "approval_requested", data__approval_id=approval_id)
     except Exception:
@@ -47,12 +46,5 @@ def on_approval_requested(sender: Any, approval_id: Any, webhook_url: str = "", 
 
 
 def connect() -> None:
-    from runs.signals import run_status_changed
-
     run_status_changed.connect(on_run_status_changed, dispatch_uid="webhooks-run-status")
-    if apps.is_installed("approvals"):
-        try:
-            from approvals.signals import approval_requested
-        except ImportError:  # approvals without the signal: nothing to hook
-            return
-        approval_requested.connect(on_approval_requested, dispatch_uid="webhooks-approval-requested")
+    approval_requested.connect(on_approval_requested, dispatch_uid="webhooks-approval-requested")

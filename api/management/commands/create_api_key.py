@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from api.services import ApiKeyError, create_key
+from runs.models import Workspace
 
 
 class Command(BaseCommand):
@@ -21,8 +22,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workspace"] == "default":
-            from runs.models import Workspace
-
             Workspace.default()
         try:
             new = create_key(name=options["name"] or f"{options['user']} key", user=options["user"],

@@ -7,7 +7,11 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from api.fields import (
+from runs.models import Run, RunEvent, RunStatus, Workflow
+from runs.shapes import LLMCallSerializer, ToolCallSerializer
+from steps.models import StepExecution, StepStatus
+
+from .fields import (
     INT32_MAX,
     INT64_MAX,
     JSONObjectField,
@@ -16,9 +20,6 @@ from api.fields import (
     StrictCharField,
     StrictIntegerField,
 )
-from steps.models import StepExecution, StepStatus
-
-from .models import Run, RunEvent, RunStatus, Workflow
 
 JSON_ANY: dict[str, Any] = {}  # OpenAPI: any JSON value
 
@@ -191,43 +192,6 @@ class AttemptSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
 
 
-class LLMCallSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    provider = serializers.CharField(source="provider_name")
-    model = serializers.CharField()
-    kind = serializers.CharField()
-    status = serializers.CharField()
-    step_attempt = serializers.IntegerField()
-    round = serializers.IntegerField()
-    try_number = serializers.IntegerField()
-    http_status = serializers.IntegerField(allow_null=True)
-    error = serializers.CharField(allow_blank=True)
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
-    latency_ms = serializers.FloatField(allow_null=True)
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField(allow_null=True)
-
-
-class ToolCallSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    round = serializers.IntegerField(help_text="The model turn that asked for this call.")
-    call_id = serializers.CharField(help_text="The id the model gave the call.")
-    tool = serializers.CharField()
-    handler = serializers.CharField(allow_blank=True)
-    arguments = serializers.JSONField()
-    status = serializers.CharField(help_text="started, completed or failed.")
-    output = serializers.JSONField(allow_null=True)
-    error = serializers.CharField(allow_blank=True)
-    executions = serializers.IntegerField(help_text="How many times the handler was entered (more than 1: a "
-                                                    "worker died or the step retried while the tool ran).")
-    step_attempt = serializers.IntegerField(help_text="The step attempt that last ran it.")
-    idempotency_key = serializers.CharField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField(allow_null=True)
-
-
 class StepDetailSerializer(StepSummarySerializer):
     attempt_history = AttemptSerializer(many=True, source="api_attempts")
     llm_calls = LLMCallSerializer(many=True, source="api_llm_calls")
@@ -237,23 +201,3 @@ class StepDetailSerializer(StepSummarySerializer):
         fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls",
                   "tool_calls"]
         read_only_fields = fields
-
-
-class RunCostRowSerializer(serializers.Serializer):
-    key = serializers.CharField(help_text="The group: a period start (ISO date), a workflow or a provider name.")
-    calls = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
-
-
-class RunCostSerializer(serializers.Serializer):
-    run = serializers.UUIDField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
-    max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True,
-                                            allow_null=True)
-    max_tokens = serializers.IntegerField(allow_null=True)
-    by_step = RunCostRowSerializer(many=True)
-    by_provider = RunCostRowSerializer(many=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
@@ -19,21 +19,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.fields import INT32_MAX
-from api.pagination import NewestFirst, OldestFirst
-from api.scoping import get_scoped, scoped, workspace_of
+from runs import services
+from runs.definitions import parse_text
+from runs.models import Run, RunEvent, Workflow
 from steps.models import StepExecution
 
-from . import services
-from .definitions import parse_text
-from .models import Run, RunEvent, Workflow
-from .serializers import (
+from .fields import INT32_MAX
+from .pagination import NewestFirst, OldestFirst
+from .run_serializers import (
     ControlSerializer,
     DefinitionCreatedSerializer,
     DefinitionCreateSerializer,
     DefinitionFilterSerializer,
     ForkSerializer,
-    RunCostSerializer,
     RunDetailSerializer,
     RunEventSerializer,
     RunFilterSerializer,
@@ -43,6 +41,7 @@ from .serializers import (
     WorkflowSerializer,
     WorkflowSummarySerializer,
 )
+from .scoping import get_scoped, scoped, workspace_of
 
 ATTEMPT_KINDS = {"step_completed": "completed", "step_retry_scheduled": "retry_scheduled",
                  "step_failed": "failed", "step_recovered": "recovered"}
@@ -236,32 +235,6 @@ class RunHistory(generics.GenericAPIView):
         return self.get_paginated_response(RunEventSerializer(page, many=True).data)
 
 
-def _cost_rows(qs: Any, field: str) -> list[dict[str, Any]]:
-    rows = qs.values(field).annotate(calls=Count("id"), input_tokens=Sum("input_tokens"),
-                                     output_tokens=Sum("output_tokens"), cost_usd=Sum("cost_usd")).order_by(field)
-    return [{"key": str(r[field]), "calls": r["calls"], "input_tokens": r["input_tokens"] or 0,
-             "output_tokens": r["output_tokens"] or 0, "cost_usd": r["cost_usd"] or 0} for r in rows]
-
-
-class RunCost(APIView):
-    @extend_schema(operation_id="runs_cost", responses=RunCostSerializer,
-                   summary="The run's tokens and cost, by step and by provider")
-    def get(self, request: Request, run_id: str) -> Response:
-        run = _run(request, run_id)
-        by_step: list[dict[str, Any]] = []
-        by_provider: list[dict[str, Any]] = []
-        if apps.is_installed("providers"):
-            from providers.models import LLMCall
-
-            calls = LLMCall.objects.filter(run_id=run.pk)
-            by_provider = _cost_rows(calls, "provider_name")
-            by_step = _cost_rows(calls.exclude(step__isnull=True), "step__key")
-        data = {"run": run.pk, "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
-                "cost_usd": run.cost_usd, "max_cost_usd": run.max_cost_usd, "max_tokens": run.max_tokens,
-                "by_step": by_step, "by_provider": by_provider}
-        return Response(RunCostSerializer(data).data)
-
-
 # --- steps ------------------------------------------------------------------------------
 
 
@@ -299,7 +272,7 @@ class StepDetail(APIView):
 
 
 __all__ = [
-    "DefinitionDetail", "DefinitionListCreate", "DefinitionVersion", "RunCancel", "RunCost", "RunDetail",
+    "DefinitionDetail", "DefinitionListCreate", "DefinitionVersion", "RunCancel", "RunDetail",
     "RunFork", "RunHistory", "RunListCreate", "RunPause", "RunResume", "RunRetry", "StepDetail",
     "serializers",
 ]
