@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -7,10 +9,10 @@ class RunsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from celery.signals import beat_init
+        from celery.signals import beat_init, worker_process_init, worker_process_shutdown, worker_shutdown
         from django.conf import settings
 
-        from .engine import recovery, sweeper, tasks  # noqa: F401 - tasks: register the Celery tasks
+        from .engine import recovery, sweeper, tasks, workers  # noqa: F401 - tasks: register the Celery tasks
         from .services import retry
 
         def reconcile_every() -> float:
@@ -19,12 +21,38 @@ class RunsConfig(AppConfig):
             return min(interval, 0.5) if settings.IS_EMBEDDED_BROKER else interval
 
         sweeper.register("reconcile", recovery.sweep, every=reconcile_every)
+        sweeper.register("workers", workers.reap, every=lambda: float(settings.STEVORA["WORKER_CHECK_SECONDS"]))
         retry.register()
         # Beat's process hosts the sweeps (never the step queue: a backlog must not delay them).
         beat_init.connect(_start_sweeper, weak=False, dispatch_uid="stevora-sweeper")
+        # Each process that runs steps (a prefork child, or the solo pool's process) registers
+        # itself and holds its liveness lock until it exits.
+        worker_process_init.connect(_register_worker, weak=False, dispatch_uid="stevora-worker-register")
+        worker_process_shutdown.connect(_unregister_worker, weak=False, dispatch_uid="stevora-worker-unregister")
+        worker_shutdown.connect(_unregister_worker, weak=False, dispatch_uid="stevora-worker-shutdown")
 
 
 def _start_sweeper(**_: object) -> None:
     from .engine import sweeper
 
     sweeper.start()
+
+
+def _register_worker(**_: object) -> None:
+    from django.conf import settings
+
+    from .engine import workers
+
+    try:
+        workers.register("embedded" if settings.IS_EMBEDDED_BROKER else "celery")
+    except Exception:  # the registry speeds recovery up; a worker that cannot register still works
+        logging.getLogger("stevora.workers").exception("could not register this worker")
+
+
+def _unregister_worker(**_: object) -> None:
+    from .engine import workers
+
+    try:
+        workers.unregister()
+    except Exception:  # exiting anyway: the lock goes with the process
+        logging.getLogger("stevora.workers").exception("could not unregister this worker")

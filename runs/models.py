@@ -159,6 +159,38 @@ class RunEvent(models.Model):
         return f"{self.kind} {self.step_key}".strip()
 
 
+class Worker(models.Model):
+    """An engine process that runs steps (a Celery pool process, or ``runengine``).
+
+    It is alive while it holds its liveness lock — a session-level advisory lock on a
+    connection of its own on PostgreSQL, a ``flock`` on a file under ``STEVORA_VAR_DIR``
+    on SQLite — which the operating system and the database drop the moment the process
+    dies (``runs.engine.workers``). ``name`` (host:pid) prefixes the ``lease_owner`` of the
+    steps it runs; ``handlers`` is what it can run.
+    """
+
+    name = models.CharField(max_length=200, db_index=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    kind = models.CharField(max_length=32)  # celery | embedded
+    queue = models.CharField(max_length=200, blank=True, default="")
+    handlers = models.JSONField(default=list, blank=True)
+    lock_key = models.PositiveIntegerField(default=0)
+    # PostgreSQL's start time when the lock was taken: a server restart drops every lock, and
+    # a lock lost that way is not a death (the worker takes it again).
+    lock_epoch = models.CharField(max_length=64, blank=True, default="")
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=32, blank=True, default="")  # shutdown | died
+
+    class Meta:
+        indexes = [models.Index(fields=["stopped_at"], name="worker_stopped_at")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def record(run_id: Any, kind: str, *, step_key: str = "", actor: str = "", message: str = "",
            data: dict[str, Any] | None = None) -> RunEvent:
     """Append one history row (call inside the transaction that made the change)."""
@@ -169,5 +201,5 @@ def record(run_id: Any, kind: str, *, step_key: str = "", actor: str = "", messa
 
 __all__ = [
     "IllegalTransition", "Run", "RunEvent", "RunStatus", "RUN_ACTIVE", "RUN_TERMINAL",
-    "Workflow", "Workspace", "record",
+    "Worker", "Workflow", "Workspace", "record",
 ]

@@ -12,6 +12,7 @@ class StepStatus(models.TextChoices):
         pending -> ready -> running -> completed | failed | waiting | skipped | cancelled
         running -> ready            (retry after backoff, or lease expired: recovery)
         waiting -> completed | failed
+        waiting -> ready            (a task step parked until a live worker has its handler)
         failed  -> ready            (run retried from this step)
 
     ``pending`` is a map item held back by ``max_concurrency``. Any non-terminal
@@ -90,6 +91,8 @@ class StepExecution(models.Model):
             # runs.reconciler: waiting steps whose timer or timeout is due.
             models.Index(fields=["wake_at"], condition=Q(status="waiting", wake_at__isnull=False),
                          name="step_waiting_wake_idx"),
+            # runs.engine.workers: task steps parked until a live worker has their handler.
+            models.Index(fields=["run"], condition=Q(status="waiting", type="task"), name="step_task_waiting_idx"),
             # joins and cascades: a fan-out parent's children; a map's open items by status,
             # the next pending ones in item order.
             models.Index(fields=["parent", "status", "item_index"], condition=Q(parent__isnull=False),

@@ -199,6 +199,11 @@ STEVORA: dict[str, Any] = {
     # How long a claimed step is ours without a heartbeat; a killed worker's step is
     # back in play this long after its last heartbeat.
     "LEASE_SECONDS": env_float("STEVORA_LEASE_SECONDS", 30.0, minimum=0.5),
+    # How often dead workers are looked for: a worker process that dies drops its liveness
+    # lock at once, and its steps run again within about this long (runs.engine.workers).
+    "WORKER_CHECK_SECONDS": env_float("STEVORA_WORKER_CHECK_SECONDS", 1.0, minimum=0.05),
+    # How often a live worker says so (and takes its lock again after a database restart).
+    "WORKER_HEARTBEAT_SECONDS": env_float("STEVORA_WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.1),
     # How often the reconciler sweeps (and, embedded, polls for runs started elsewhere).
     "RECONCILE_SECONDS": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
     # External events are kept this long (a wait may start after its event arrived);

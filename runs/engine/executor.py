@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import traceback
@@ -31,10 +29,11 @@ from runs.models import Run, RunStatus
 from steps import clock
 from steps import types as step_types
 from steps.handlers import PermanentError, RetryableError, StepContext
+from steps.handlers import registry as handler_registry
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import hotpath
+from . import hotpath, workers
 from . import transitions as t
 from .dispatch import can_publish, dispatch_steps
 from .effects import Effects
@@ -44,15 +43,14 @@ from .timeouts import StepTimeout, run_with_deadline
 
 logger = logging.getLogger("stevora.executor")
 
-_HOST = socket.gethostname()
-
-
 class NotJSONSerializable(PermanentError):
     pass
 
 
 def worker_id() -> str:
-    return f"{_HOST}:{os.getpid()}:{threading.get_ident() % 100000}"
+    """The ``lease_owner`` of this thread's claims; its ``host:pid`` prefix names the process
+    in the worker registry (``workers.process_name``)."""
+    return f"{workers.process_name()}:{threading.get_ident() % 100000}"
 
 
 def lease_seconds() -> float:
@@ -138,15 +136,31 @@ def _still_wanted(row: StepExecution, owner: str) -> StepExecution | None:
     return row
 
 
-def hand_back(row: StepExecution, why: str) -> None:
-    """Give a claimed step back to the queue untouched (its attempt is not spent)."""
+def hand_back(row: StepExecution, why: str, *, delay: float = 0.0) -> None:
+    """Give a claimed step back to the queue untouched (its attempt is not spent), to be
+    rung again now or after ``delay`` seconds."""
     publish = can_publish()
+    now = clock.now()
+    not_before = now + timedelta(seconds=delay) if delay else None
     if StepExecution.objects.filter(pk=row.pk, status=StepStatus.RUNNING, lease_owner=row.lease_owner,
                                     attempt=row.attempt).update(
             status=StepStatus.READY, lease_owner="", lease_until=None, attempt=F("attempt") - 1,
-            ready_at=clock.now(), dispatched_at=clock.now() if publish else None) == 1:
+            ready_at=now, not_before=not_before, dispatched_at=(not_before or now) if publish else None) == 1:
         logger.info("step %s handed back: %s", row.key, why)
-        dispatch_steps([row.pk])
+        if delay:
+            dispatch_steps([], [(row.pk, delay)])
+        else:
+            dispatch_steps([row.pk])
+
+
+def _without_handler(row: StepExecution, name: str, owner: str) -> None:
+    """A task step whose handler this process lacks: another live worker that has it gets it
+    (rung again shortly), else it waits, holding no worker, until one registers."""
+    if workers.with_handler(name):
+        hand_back(row, f"this worker has no handler {name!r}; a live worker has", delay=1.0)
+    else:
+        logger.warning("step %s waits: %s", row.key, workers.handler_message(name))
+        workers.park_for_handler(row, owner, name)
 
 
 def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
@@ -174,6 +188,9 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
         return commit_failure(row, spec, wf, PermanentError(
             f"dead-lettered: the step's worker was lost {row.recovery_count} times "
             f"(limit STEVORA_MAX_RECOVERIES={settings.STEVORA['MAX_RECOVERIES']})"), owner, kind="dead_lettered")
+    if row.type == "task" and isinstance(spec.raw.get("handler"), str) and spec.raw["handler"] not in handler_registry:
+        _without_handler(row, spec.raw["handler"], owner)
+        return None
     step_type = step_types.get(row.type)
     seconds, grace = step_seconds(spec), grace_seconds()
     # The lease is renewed until the deadline has passed and the handler was given its grace.

@@ -83,7 +83,9 @@ def sweep() -> dict[str, Any]:
         }
 
 
-def recover_expired_leases() -> int:
+def recover_expired_leases(died: frozenset[str] = frozenset()) -> int:
+    """Running steps whose lease ran out go back to ready (``died``: the names of workers the
+    registry just found dead, whose leases it cut short)."""
     rows = list(StepExecution.objects.filter(status=StepStatus.RUNNING, lease_until__lt=Now())
                 .values_list("id", "run_id")[:_BATCH])
     recovered = 0
@@ -101,8 +103,10 @@ def recover_expired_leases() -> int:
                 status=StepStatus.READY, lease_owner="", lease_until=None, not_before=None,
                 recovery_count=row.recovery_count + 1, ready_at=now, dispatched_at=now if dispatch else None,
             )
-            fx.event(run.pk, "step_recovered", row.key,
-                     message=f"lease of {row.lease_owner} expired during attempt {row.attempt}",
+            process = row.lease_owner.rsplit(":", 1)[0]
+            why = (f"worker {process} died during attempt {row.attempt}" if process in died
+                   else f"lease of {row.lease_owner} expired during attempt {row.attempt}")
+            fx.event(run.pk, "step_recovered", row.key, message=why,
                      data={"attempt": row.attempt, "worker": row.lease_owner,
                            "recovery_count": row.recovery_count + 1})
             if dispatch:

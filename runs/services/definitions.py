@@ -10,7 +10,37 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from runs.definitions import DefinitionError, handler_registered, parse_text, validate
+from runs.engine import workers
 from runs.models import Workflow, Workspace
+
+
+class HandlerCheck:
+    """Is a handler name known: registered in this process, or advertised by a live worker
+    (the web process need not import the workers' handler modules). Remembers, for
+    warnings, the names only live workers have, and the names this process has but no
+    live worker does (runs would wait for a worker with them)."""
+
+    def __init__(self) -> None:
+        self.elsewhere: list[str] = []
+        self.not_on_workers: list[str] = []
+        self._live: list[set[str]] | None = None
+
+    def _workers(self) -> list[set[str]]:
+        if self._live is None:
+            self._live = [set(w.handlers or []) for w in workers.live_workers()]
+        return self._live
+
+    def __call__(self, name: str) -> bool:
+        live = self._workers()
+        if handler_registered(name):
+            if live and not any(name in handlers for handlers in live) and name not in self.not_on_workers:
+                self.not_on_workers.append(name)
+            return True
+        if any(name in handlers for handlers in live):
+            if name not in self.elsewhere:
+                self.elsewhere.append(name)
+            return True
+        return False
 
 
 @dataclass
@@ -21,7 +51,7 @@ class LoadResult:
 
 def load_workflow(document: Any, *, workspace: Workspace | None = None, source: str | None = None) -> LoadResult:
     """Validate and store a definition. Same content: the existing version; changed: N+1."""
-    spec = validate(document, source=source, handler_exists=handler_registered)
+    spec = validate(document, source=source, handler_exists=HandlerCheck())
     workspace = workspace or Workspace.default()
     digest = spec.content_hash
     for _ in range(3):

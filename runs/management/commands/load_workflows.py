@@ -5,8 +5,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from runs.definitions import DefinitionError, handler_registered, parse_text, validate
+from runs.definitions import DefinitionError, parse_text, validate
 from runs.services import definition_files, load_workflow
+from runs.services.definitions import HandlerCheck
 
 
 class Command(BaseCommand):
@@ -28,7 +29,15 @@ class Command(BaseCommand):
         for path in files:
             try:
                 document = parse_text(path.read_text(), source=str(path))
-                validate(document, source=str(path), handler_exists=handler_registered)
+                check = HandlerCheck()
+                validate(document, source=str(path), handler_exists=check)
+                for name in check.elsewhere:
+                    self.stderr.write(f"warning: {path}: handler {name!r} is not registered in this process (is its "
+                                      f"module in STEVORA_HANDLER_MODULES here?); live workers have it")
+                for name in check.not_on_workers:
+                    self.stderr.write(f"warning: {path}: no live worker has handler {name!r}: its steps will wait "
+                                      f"for a worker that has it (add its module to the workers' "
+                                      f"STEVORA_HANDLER_MODULES)")
             except DefinitionError as exc:
                 failures.append(str(exc))
                 continue

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from runs.cli import STATUS_MARK, parse_json_arg
 from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunStatus, Workflow
 from runs.services import StartError, start_run
+from runs.services.workers import stall_hints
 from steps.models import StepExecution
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT, EXIT_WAITING = 0, 1, 2, 3
@@ -87,6 +88,8 @@ def wait_for(run_id: Any, timeout: float | None, err: Any) -> int:
     tty = err.isatty() if hasattr(err, "isatty") else False
     last = ""
     interval = 0.05
+    next_check = time.monotonic() + 3.0  # then every 2 s: say why nothing moves, once per reason
+    told: set[str] = set()
     while True:
         run = Run.objects.get(pk=run_id)
         rows = list(StepExecution.objects.filter(run_id=run_id).order_by("id").values_list("key", "status"))
@@ -115,6 +118,14 @@ def wait_for(run_id: Any, timeout: float | None, err: Any) -> int:
                 _finish(err, tty)
                 err.write(f"waiting on: {', '.join(parked)}")
                 return EXIT_WAITING
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + 2.0
+            for hint in stall_hints(run_id):
+                if hint not in told:
+                    told.add(hint)
+                    _finish(err, tty)
+                    err.write(hint)
+                    last = ""
         if deadline is not None and time.monotonic() > deadline:
             _finish(err, tty)
             err.write(f"timed out after {timeout}s; the run goes on ({run.status})")
