@@ -25,6 +25,7 @@ from .effects import Effects
 
 MAX_CHILD_DEPTH = 10  # runs below a top-level run (a workflow step that starts its own workflow)
 _ACTIVE_ITEM = (StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
+_PENDING_BATCH = 2000
 
 
 def _still_waiting(run: Run, row: StepExecution, child: StepExecution | None) -> bool:
@@ -65,11 +66,22 @@ def start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
     StepExecution.objects.filter(pk=row.pk).update(status=StepStatus.WAITING, state=state)
     row.status, row.state = StepStatus.WAITING, state
     fx.event(run.pk, "fan_out", row.key, data={"items": len(items), "max_concurrency": limit})
-    for index, item in enumerate(items):
-        child = t.activate(run, wf, spec.item, fx, parent=row, item_index=index, item=item,
-                           status=StepStatus.READY if index < limit else StepStatus.PENDING)
+    for index, item in enumerate(items[:limit]):
+        child = t.activate(run, wf, spec.item, fx, parent=row, item_index=index, item=item)
         if not _still_waiting(run, row, child):
             return None  # an item failed the map (or the run) while it was being started
+    if len(items) > limit:
+        # The items past max_concurrency wait as pending rows, written in bulk (the rows
+        # ``activate`` would write one by one): starting a map of 20,000 items is a few
+        # multi-row INSERTs, not 20,000 statements.
+        now = t.now()
+        item_spec = spec.item
+        StepExecution.objects.bulk_create([
+            StepExecution(run_id=run.pk, key=f"{row.key}[{index}]", name=item_spec.name, type=item_spec.type,
+                          parent=row, item_index=index, visit=1, max_attempts=item_spec.retry.max_attempts,
+                          ready_at=now, state={"item": item}, status=StepStatus.PENDING)
+            for index, item in enumerate(items[limit:], start=limit)
+        ], batch_size=_PENDING_BATCH)
     t.refresh_run_status(run, fx)  # as for parallel: an item that parked judged too early
     return None
 
