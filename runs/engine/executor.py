@@ -16,11 +16,13 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import Case, F, PositiveIntegerField, Q, When
 from django.db.models.functions import Now
 
@@ -214,10 +216,34 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
         except (TypeError, ValueError) as exc:
             raise NotJSONSerializable(f"handler output is not JSON-serialisable: {exc}") from None
     except Exception as exc:
-        return commit_failure(row, spec, wf, exc, owner, rendered=rendered)
+        return _committing(partial(commit_failure, row, spec, wf, exc, owner, rendered=rendered))
     finally:
         heartbeat.release(row.pk)
-    return commit_success(row, spec, wf, output, owner, rendered=rendered)
+    return _committing(partial(commit_success, row, spec, wf, output, owner, rendered=rendered))
+
+
+_COMMIT_TRIES = 4
+
+
+def _committing(commit: Callable[[], StepExecution | None]) -> StepExecution | None:
+    """Commit a finished attempt, again on a fresh connection if the database connection broke
+    (a PostgreSQL restart while the handler ran): the result is in hand and the lease still
+    ours, so it is worth a few tries within the lease rather than running the step again.
+    The fence makes a repeated commit harmless: if the first one did land, the second finds
+    the step no longer ours and discards."""
+    delay = 0.2
+    for tries_left in range(_COMMIT_TRIES - 1, -1, -1):
+        try:
+            return commit()
+        except (OperationalError, InterfaceError):
+            if tries_left == 0:
+                raise
+            logger.warning("committing a step failed on a broken database connection; trying again in %gs", delay)
+            for conn in connections.all(initialized_only=True):
+                conn.close_if_unusable_or_obsolete()
+            time.sleep(delay)
+            delay = min(delay * 2, lease_seconds() / 4)
+    return None
 
 
 def _fence(row: StepExecution, owner: str) -> Any:
