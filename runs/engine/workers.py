@@ -240,7 +240,11 @@ def _beat(row_id: int) -> None:
         if me is None or me.row_id != row_id or me.pid != os.getpid():
             return
         try:
-            fields: dict[str, Any] = {"seen_at": clock.now(), "handlers": handler_registry.names()}
+            # Alive, whatever the row says (a reaper that saw the lock gone while the database
+            # restarted or a proxy cut the connection marked it dead; its steps were recovered
+            # and this worker's late commits are fenced out).
+            fields: dict[str, Any] = {"seen_at": clock.now(), "handlers": handler_registry.names(),
+                                      "stopped_at": None, "stop_reason": ""}
             if not _holds(me.holder):
                 try:
                     me.holder.close()
