@@ -60,6 +60,10 @@ def test_a_reviewer_sees_buttons_and_approves_with_a_comment_and_edit(
     approval.refresh_from_db()
     assert approval.status == ApprovalStatus.APPROVED and approval.comment == "fine by me"
     assert approval.decided_by == alice
+    # The run page draws the approval step's panel (registered by the approvals app).
+    run_page = client.get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
+    link = reverse("admin:approvals_approval_change", args=[approval.pk])
+    assert f'<a href="{link}">#{approval.pk}</a> — approved by' in run_page
 
 
 def test_a_user_without_the_permission_sees_no_buttons_and_gets_403_on_post(
