@@ -288,7 +288,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "name", "retention_days", "created_at")
 
 
 class AuditRecordAdmin(admin.ModelAdmin):

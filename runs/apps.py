@@ -11,7 +11,7 @@ class RunsConfig(AppConfig):
         from django.conf import settings
 
         from .engine import recovery, sweeper, tasks  # noqa: F401 - tasks: register the Celery tasks
-        from .services import retry
+        from .services import retention, retry
 
         def reconcile_every() -> float:
             interval = float(settings.STEVORA["RECONCILE_SECONDS"])
@@ -20,6 +20,8 @@ class RunsConfig(AppConfig):
 
         sweeper.register("reconcile", recovery.sweep, every=reconcile_every)
         retry.register()
+        sweeper.register("retention", retention.sweep,
+                         every=lambda: float(settings.STEVORA["RETENTION_SWEEP_SECONDS"]))
         # Beat's process hosts the sweeps (never the step queue: a backlog must not delay them).
         beat_init.connect(_start_sweeper, weak=False, dispatch_uid="stevora-sweeper")
 

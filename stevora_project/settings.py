@@ -231,6 +231,13 @@ STEVORA: dict[str, Any] = {
     "WEBHOOK_TIMEOUT_SECONDS": env_float("STEVORA_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
     # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
     "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),
+    # Retention (runs.services.retention, docs/operations.md): finished runs older than this many
+    # days are purged, unless their workspace sets its own retention_days. 0 (default): keep forever.
+    "RETENTION_DAYS": env_int("STEVORA_RETENTION_DAYS", 0, minimum=0) or None,
+    # How often the retention sweep runs (beat, or runengine embedded), and how many runs one
+    # purge transaction deletes (with everything they own).
+    "RETENTION_SWEEP_SECONDS": env_float("STEVORA_RETENTION_SWEEP_SECONDS", 3600.0, minimum=0.05),
+    "RETENTION_BATCH_SIZE": env_int("STEVORA_RETENTION_BATCH_SIZE", 100, minimum=1),
 }
 
 if STEVORA["API_RATE"] == "off":
