@@ -145,7 +145,7 @@ def _purge_workspace(ws: Workspace, cutoff: dt.datetime, size: int, dry_run: boo
                      progress: Callable[[PurgeReport, str], None] | None) -> None:
     # Keyset walk, oldest first, on run_finished_idx: a run left behind (locked, or no longer a
     # candidate) is stepped over instead of being read again, and a dry run moves on too.
-    after: tuple[dt.datetime, Any] | None = None
+    after: tuple[Any, Any] | None = None
     while True:
         page = candidates(ws.pk, cutoff).order_by("finished_at", "pk")
         if after is not None:
