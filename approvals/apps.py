@@ -7,12 +7,14 @@ class ApprovalsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from runs import admin_timeline
+        from runs import admin_timeline, metrics
 
+        from . import metrics as approval_metrics
         from . import panel
         from .api import register_api_errors
         from .step_type import register_approval_type
 
         register_approval_type()
+        metrics.register("approvals", approval_metrics.families)
         register_api_errors()
         admin_timeline.register_step_panel("approval", panel.render)

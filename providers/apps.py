@@ -7,15 +7,17 @@ class ProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from runs import admin_timeline
+        from runs import admin_timeline, metrics
         from runs.cli import register_step_detail
         from steps import types
 
+        from . import metrics as provider_metrics
         from . import transcript
         from .step_type import LLMType
         from .terminal import agent_lines
 
         types.register(LLMType())
+        metrics.register("providers", provider_metrics.families)
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
         admin_timeline.register_step_panel("llm", transcript.render)

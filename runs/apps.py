@@ -10,6 +10,7 @@ class RunsConfig(AppConfig):
         from celery.signals import beat_init
         from django.conf import settings
 
+        from . import metrics
         from .engine import recovery, sweeper, tasks  # noqa: F401 - tasks: register the Celery tasks
         from .services import retention, retry
 
@@ -20,6 +21,7 @@ class RunsConfig(AppConfig):
 
         sweeper.register("reconcile", recovery.sweep, every=reconcile_every)
         retry.register()
+        metrics.register("runs", metrics.run_families)
         sweeper.register("retention", retention.sweep,
                          every=lambda: float(settings.STEVORA["RETENTION_SWEEP_SECONDS"]))
         # Beat's process hosts the sweeps (never the step queue: a backlog must not delay them).

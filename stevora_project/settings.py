@@ -238,6 +238,10 @@ STEVORA: dict[str, Any] = {
     # purge transaction deletes (with everything they own).
     "RETENTION_SWEEP_SECONDS": env_float("STEVORA_RETENTION_SWEEP_SECONDS", 3600.0, minimum=0.05),
     "RETENTION_BATCH_SIZE": env_int("STEVORA_RETENTION_BATCH_SIZE", 100, minimum=1),
+    # /metrics (runs.metrics): served to loopback clients; with a token, also to a client sending
+    # "Authorization: Bearer <token>". The recent_* metrics cover runs created in this window.
+    "METRICS_TOKEN": env_str("STEVORA_METRICS_TOKEN") or "",
+    "METRICS_WINDOW_SECONDS": env_float("STEVORA_METRICS_WINDOW_SECONDS", 3600.0, minimum=1.0),
 }
 
 if STEVORA["API_RATE"] == "off":
