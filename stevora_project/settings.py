@@ -311,11 +311,18 @@ if CACHE_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "stevora"}}
 
+# STEVORA_LOG_FORMAT=json: one JSON object per line, with run_id, step_key and attempt on the
+# lines about a step (steps.logcontext; docs/operations.md, "Logs").
+LOG_FORMAT = (env_str("STEVORA_LOG_FORMAT") or "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"STEVORA_LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "steps.logcontext.JsonFormatter"}},
+    "filters": {"step": {"()": "steps.logcontext.StepContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["step"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "WARNING"},
     "loggers": {
         "stevora": {"level": env_str("STEVORA_LOG_LEVEL") or "INFO", "propagate": True},

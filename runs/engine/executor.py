@@ -10,6 +10,7 @@ per-step limit (``STEVORA_MAX_STEP_SECONDS``) is never a limit on a chain.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from django.db.models.functions import Now
 
 from runs.definitions import RetryPolicy, StepSpec, WorkflowSpec
 from runs.models import Run, RunStatus
-from steps import clock
+from steps import clock, logcontext
 from steps import types as step_types
 from steps.handlers import PermanentError, RetryableError, StepContext
 from steps.models import StepExecution, StepStatus
@@ -162,6 +163,12 @@ def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
 
 
 def execute_and_commit(row: StepExecution) -> StepExecution | None:
+    # Every log line about this attempt names it (steps.logcontext; STEVORA_LOG_FORMAT=json).
+    with logcontext.step(str(row.run_id), row.key, row.attempt):
+        return _execute_and_commit(row)
+
+
+def _execute_and_commit(row: StepExecution) -> StepExecution | None:
     run = row.run
     wf = t.workflow_spec(run)
     owner = row.lease_owner
@@ -190,7 +197,9 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
             raise PermanentError(str(exc)) from None
         invocation = step_types.Invocation(run=run, step=row, spec=spec, workflow=wf,
                                            ctx=_context(run, row, rendered), template_context=tctx)
-        output = run_with_deadline(lambda: step_type.execute(invocation), seconds, grace)
+        # The handler thread runs in a copy of this context: its log lines name the step too.
+        context = contextvars.copy_context()
+        output = run_with_deadline(lambda: context.run(step_type.execute, invocation), seconds, grace)
         try:
             # allow_nan=False: NaN is not JSON, and PostgreSQL's jsonb refuses it at commit.
             json.dumps(output, allow_nan=False)
