@@ -7,10 +7,11 @@ class ProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from runs import admin_timeline, metrics
+        from runs import admin_timeline, dashboard, metrics
         from runs.cli import register_step_detail
         from steps import types
 
+        from . import dashboard as provider_dashboard
         from . import metrics as provider_metrics
         from . import transcript
         from .step_type import LLMType
@@ -18,6 +19,7 @@ class ProvidersConfig(AppConfig):
 
         types.register(LLMType())
         metrics.register("providers", provider_metrics.families)
+        dashboard.register_panel("llm-cost", provider_dashboard.cost_panel, order=30)
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
         admin_timeline.register_step_panel("llm", transcript.render)
