@@ -66,9 +66,10 @@ def test_the_dashboard_draws_the_workload_and_escapes_names(engine: Any, workflo
     assert "<strong>25.0%</strong> (1 failed of 4 finished)" in html
     rows = dict(re.findall(r'<tr data-type="([^"]+)"><td>[^<]*</td><td>(\d+)</td>', html))
     assert rows["task"] == "6" and rows["llm"] == "1"  # 2 x 2 + boom + the review flow's draft
-    p50, p95 = (float(x) for x in re.search(
-        r'<tr data-type="task">.*?class="p50" data-seconds="([^"]+)".*?class="p95" data-seconds="([^"]+)"',
-        html).groups())
+    task_row = re.search(
+        r'<tr data-type="task">.*?class="p50" data-seconds="([^"]+)".*?class="p95" data-seconds="([^"]+)"', html)
+    assert task_row is not None
+    p50, p95 = (float(x) for x in task_row.groups())
     assert 0 <= p50 <= p95
     assert "Total: <strong>$0.000350</strong>" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
