@@ -242,6 +242,10 @@ STEVORA: dict[str, Any] = {
     # "Authorization: Bearer <token>". The recent_* metrics cover runs created in this window.
     "METRICS_TOKEN": env_str("STEVORA_METRICS_TOKEN") or "",
     "METRICS_WINDOW_SECONDS": env_float("STEVORA_METRICS_WINDOW_SECONDS", 3600.0, minimum=1.0),
+    # OpenTelemetry traces (runs.engine.tracing), off unless an OTLP/HTTP endpoint is given.
+    "OTLP_TRACES_ENDPOINT": env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        (env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or "").rstrip("/") + "/v1/traces"
+        if env_str("OTEL_EXPORTER_OTLP_ENDPOINT") else ""),
 }
 
 if STEVORA["API_RATE"] == "off":

@@ -35,7 +35,7 @@ from steps.handlers import PermanentError, RetryableError, StepContext
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import hotpath
+from . import hotpath, tracing
 from . import transitions as t
 from .dispatch import can_publish, dispatch_steps
 from .effects import Effects
@@ -165,7 +165,11 @@ def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
 def execute_and_commit(row: StepExecution) -> StepExecution | None:
     # Every log line about this attempt names it (steps.logcontext; STEVORA_LOG_FORMAT=json).
     with logcontext.step(str(row.run_id), row.key, row.attempt):
-        return _execute_and_commit(row)
+        try:
+            return _execute_and_commit(row)
+        finally:
+            if tracing.enabled():  # OTEL_EXPORTER_OTLP_ENDPOINT: the attempt's span, from its rows
+                tracing.attempt_finished(row)
 
 
 def _execute_and_commit(row: StepExecution) -> StepExecution | None:
