@@ -152,6 +152,12 @@ def test_a_scrape_after_a_known_workload_reports_its_runs_steps_llm_calls_and_ba
     assert value(m, "stevora_steps_open", status="waiting", type="external_event") == 0
     assert value(m, "stevora_recent_runs", workflow="m-ok", status="completed") == 4
 
+    # A step that lost its worker too often fails as dead-lettered (its own test kills workers).
+    StepExecution.objects.filter(run__workflow_name="m-bad").update(
+        error={"type": "dead_lettered", "message": "the step's worker was lost 6 times"})
+    m = parse(fetch(f"{gunicorn}/metrics")[2].decode())
+    assert value(m, "stevora_recent_steps_dead_lettered", workflow="m-bad") == 1
+
 
 def test_a_client_not_on_loopback_is_refused_without_the_token(transactional_db: Any, settings: Any,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
