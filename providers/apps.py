@@ -7,15 +7,22 @@ class ProvidersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from runs import admin_timeline
+        from runs import admin_timeline, dashboard, metrics
         from runs.cli import register_step_detail
+        from runs.engine import tracing
         from steps import types
 
+        from . import dashboard as provider_dashboard
+        from . import metrics as provider_metrics
+        from . import tracing as provider_tracing
         from . import transcript
         from .step_type import LLMType
         from .terminal import agent_lines
 
         types.register(LLMType())
+        metrics.register("providers", provider_metrics.families)
+        dashboard.register_panel("llm-cost", provider_dashboard.cost_panel, order=30)
+        tracing.register_attempt_spans("providers", provider_tracing.attempt_spans)
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
         admin_timeline.register_step_panel("llm", transcript.render)

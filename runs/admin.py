@@ -24,11 +24,13 @@ from django.utils.html import format_html
 
 from steps.models import StepExecution
 
-from . import admin_timeline, services
+from . import admin_timeline, dashboard, services
 from .admin_timeline import STEP_PANELS
 from .models import RUN_TERMINAL, IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
 
 COUNT_CAP = 10_000
+# The admin index links to the dashboard (runs.dashboard).
+admin.site.index_template = "admin/stevora_index.html"
 STATUS_COLORS = {"completed": "#cfeccf", "failed": "#f4c7c3", "running": "#cfe2f3", "pending": "#e8eef5",
                  "waiting": "#fbe8b0", "paused": "#fbe8b0", "cancelled": "#e3e3e3"}
 
@@ -171,8 +173,19 @@ class RunAdmin(admin.ModelAdmin):
             path("<uuid:object_id>/control/<str:action>/", self.admin_site.admin_view(self.control_view),
                  name="runs_run_control"),
             path("<uuid:object_id>/fork/", self.admin_site.admin_view(self.fork_view), name="runs_run_fork"),
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="runs_dashboard"),
         ]
         return custom + super().get_urls()
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Runs per hour, failure rate, step durations and the apps' panels (runs.dashboard)."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Dashboard",
+                   "panels": dashboard.panels(request)}
+        return TemplateResponse(request, "admin/runs/dashboard.html", context)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
                     extra_context: dict[str, Any] | None = None) -> HttpResponse:
@@ -288,7 +301,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "created_at")
+    list_display = ("slug", "name", "retention_days", "created_at")
 
 
 class AuditRecordAdmin(admin.ModelAdmin):

@@ -12,8 +12,10 @@ class RunsConfig(AppConfig):
         from celery.signals import beat_init, worker_process_init, worker_process_shutdown, worker_shutdown
         from django.conf import settings
 
-        from .engine import recovery, sweeper, tasks, workers  # noqa: F401 - tasks: register the Celery tasks
-        from .services import retry
+        from . import metrics
+        from .engine import recovery, sweeper, tasks, tracing, workers  # noqa: F401 - tasks: register the Celery tasks
+        from .services import retention, retry
+        from .signals import run_status_changed
 
         def reconcile_every() -> float:
             interval = float(settings.STEVORA["RECONCILE_SECONDS"])
@@ -23,6 +25,9 @@ class RunsConfig(AppConfig):
         sweeper.register("reconcile", recovery.sweep, every=reconcile_every)
         sweeper.register("workers", workers.reap, every=lambda: float(settings.STEVORA["WORKER_CHECK_SECONDS"]))
         retry.register()
+        metrics.register("runs", metrics.run_families)
+        sweeper.register("retention", retention.sweep,
+                         every=lambda: float(settings.STEVORA["RETENTION_SWEEP_SECONDS"]))
         # Beat's process hosts the sweeps (never the step queue: a backlog must not delay them).
         beat_init.connect(_start_sweeper, weak=False, dispatch_uid="stevora-sweeper")
         # Each process that runs steps (a prefork child, or the solo pool's process) registers
@@ -30,6 +35,9 @@ class RunsConfig(AppConfig):
         worker_process_init.connect(_register_worker, weak=False, dispatch_uid="stevora-worker-register")
         worker_process_shutdown.connect(_unregister_worker, weak=False, dispatch_uid="stevora-worker-unregister")
         worker_shutdown.connect(_unregister_worker, weak=False, dispatch_uid="stevora-worker-shutdown")
+        # Traces (OTEL_EXPORTER_OTLP_ENDPOINT): a run's span when it finishes; spans flushed at exit.
+        run_status_changed.connect(tracing.on_run_status_changed, weak=False, dispatch_uid="stevora-tracing")
+        worker_process_shutdown.connect(lambda **_: tracing.flush(), weak=False, dispatch_uid="stevora-trace-flush")
 
 
 def _start_sweeper(**_: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -22,6 +23,12 @@ class Workspace(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # runs.services.retention: finished runs older than this many days are purged. Empty:
+    # the global STEVORA_RETENTION_DAYS applies (unset there too: kept forever).
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Purge finished runs (with their steps, history, LLM and tool calls) this many days after "
+                  "they finished. Empty: the global STEVORA_RETENTION_DAYS (unset: keep forever).")
 
     def __str__(self) -> str:
         return self.slug
@@ -128,6 +135,9 @@ class Run(models.Model):
             # Admin and API run lists: newest first, filtered by status.
             models.Index(fields=["workspace", "-created_at"], name="run_ws_created"),
             models.Index(fields=["status", "-created_at"], name="run_status_created"),
+            # runs.services.retention: finished runs, oldest first (the purge's keyset walk).
+            models.Index(fields=["workspace", "finished_at", "id"],
+                         condition=Q(status__in=["completed", "failed", "cancelled"]), name="run_finished_idx"),
         ]
         ordering = ["-created_at"]
 

@@ -236,6 +236,21 @@ STEVORA: dict[str, Any] = {
     "WEBHOOK_TIMEOUT_SECONDS": env_float("STEVORA_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
     # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
     "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),
+    # Retention (runs.services.retention, docs/operations.md): finished runs older than this many
+    # days are purged, unless their workspace sets its own retention_days. 0 (default): keep forever.
+    "RETENTION_DAYS": env_int("STEVORA_RETENTION_DAYS", 0, minimum=0) or None,
+    # How often the retention sweep runs (beat, or runengine embedded), and how many runs one
+    # purge transaction deletes (with everything they own).
+    "RETENTION_SWEEP_SECONDS": env_float("STEVORA_RETENTION_SWEEP_SECONDS", 3600.0, minimum=0.05),
+    "RETENTION_BATCH_SIZE": env_int("STEVORA_RETENTION_BATCH_SIZE", 100, minimum=1),
+    # /metrics (runs.metrics): served to loopback clients; with a token, also to a client sending
+    # "Authorization: Bearer <token>". The recent_* metrics cover runs created in this window.
+    "METRICS_TOKEN": env_str("STEVORA_METRICS_TOKEN") or "",
+    "METRICS_WINDOW_SECONDS": env_float("STEVORA_METRICS_WINDOW_SECONDS", 3600.0, minimum=1.0),
+    # OpenTelemetry traces (runs.engine.tracing), off unless an OTLP/HTTP endpoint is given.
+    "OTLP_TRACES_ENDPOINT": env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        (env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or "").rstrip("/") + "/v1/traces"
+        if env_str("OTEL_EXPORTER_OTLP_ENDPOINT") else ""),
 }
 
 if STEVORA["API_RATE"] == "off":
@@ -305,11 +320,18 @@ if CACHE_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "stevora"}}
 
+# STEVORA_LOG_FORMAT=json: one JSON object per line, with run_id, step_key and attempt on the
+# lines about a step (steps.logcontext; docs/operations.md, "Logs").
+LOG_FORMAT = (env_str("STEVORA_LOG_FORMAT") or "plain").strip().lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"STEVORA_LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "steps.logcontext.JsonFormatter"}},
+    "filters": {"step": {"()": "steps.logcontext.StepContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["step"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "WARNING"},
     "loggers": {
         "stevora": {"level": env_str("STEVORA_LOG_LEVEL") or "INFO", "propagate": True},

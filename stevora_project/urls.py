@@ -14,6 +14,7 @@ from events.api import EventDeliver
 from providers.api import CostSummary, RunCost
 
 from .health import healthz
+from .metrics import metrics
 
 RUN = "runs/<uuid:run_id>/"
 
@@ -41,6 +42,7 @@ api_v1 = [
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "v1"), namespace="v1")),
     path("api/", include((api_pages, "api"), namespace="api")),

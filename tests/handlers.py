@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -122,3 +123,11 @@ def gate(ctx: StepContext) -> dict[str, Any]:
             time.sleep(0.05)
     _append(config["ledger"], f"end {ctx.run_id} {ctx.key} {ctx.attempt} {os.getpid()} {worker}")
     return {"worker": worker, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@handler("test.log_lines")
+def log_lines(ctx: StepContext) -> dict[str, Any]:
+    """Logs through the step's own logger and through a plain library logger."""
+    ctx.log.info("step logger line %s", ctx.key)
+    logging.getLogger("stevora.test.library").warning("library line with no step in its arguments")
+    return {"logged": 2}

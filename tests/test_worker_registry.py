@@ -49,6 +49,7 @@ def test_a_killed_workers_step_runs_again_long_before_its_lease_runs_out(
     slow = StepExecution.objects.get(run=run, key="slow")
     assert slow.status == "running"
     claimed_until = slow.lease_until
+    assert claimed_until is not None
     pid = _pid_of(slow.lease_owner)
     # Kill exactly the process running the step: a prefork child (its pool and beat live
     # on), or the embedded engine itself (then start another, as a supervisor would).

@@ -24,6 +24,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from runs.engine.dispatch import can_publish
+from runs.models import RunEvent
 from steps import outbound
 from steps.outbound import RefusedAddress
 
@@ -182,3 +183,17 @@ def retry_now(delivery_ids: list[Any]) -> int:
     for delivery_id in delivery_ids:
         transaction.on_commit(functools.partial(ring, delivery_id))
     return count
+
+
+def purge_for_runs(run_ids: list[Any], dry_run: bool) -> int:
+    """Retention (runs.services.retention): the settled deliveries announcing these runs' history.
+
+    Deliveries still pending or sending are left to finish; afterwards nothing deletes them but
+    an operator (they are few, and their ``source_event`` no longer names a row).
+    """
+    rows = WebhookDelivery.objects.filter(
+        source_event__in=RunEvent.objects.filter(run_id__in=run_ids).values("id"),
+        status__in=(DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED))
+    if dry_run:
+        return rows.count()
+    return int(rows.delete()[0])

@@ -99,6 +99,8 @@ class WebhookDelivery(models.Model):
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="whdelivery_due_idx"),
             # webhooks.delivery.sweep_due: claims whose sender died.
             models.Index(fields=["claimed_until"], condition=Q(status="sending"), name="whdelivery_claim_idx"),
+            # webhooks.metrics: deliveries given up recently.
+            models.Index(fields=["last_attempt_at"], condition=Q(status="failed"), name="whdelivery_failed_idx"),
         ]
 
     def __str__(self) -> str:

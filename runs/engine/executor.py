@@ -10,6 +10,7 @@ per-step limit (``STEVORA_MAX_STEP_SECONDS``) is never a limit on a chain.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import random
@@ -28,14 +29,14 @@ from django.db.models.functions import Now
 
 from runs.definitions import RetryPolicy, StepSpec, WorkflowSpec
 from runs.models import Run, RunStatus
-from steps import clock
+from steps import clock, logcontext
 from steps import types as step_types
 from steps.handlers import PermanentError, RetryableError, StepContext
 from steps.handlers import registry as handler_registry
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import hotpath, workers
+from . import hotpath, tracing, workers
 from . import transitions as t
 from .dispatch import can_publish, dispatch_steps
 from .effects import Effects
@@ -44,6 +45,7 @@ from .heartbeat import heartbeat
 from .timeouts import StepTimeout, run_with_deadline
 
 logger = logging.getLogger("stevora.executor")
+
 
 class NotJSONSerializable(PermanentError):
     pass
@@ -178,6 +180,16 @@ def _context(run: Run, row: StepExecution, config: Any) -> StepContext:
 
 
 def execute_and_commit(row: StepExecution) -> StepExecution | None:
+    # Every log line about this attempt names it (steps.logcontext; STEVORA_LOG_FORMAT=json).
+    with logcontext.step(str(row.run_id), row.key, row.attempt):
+        try:
+            return _execute_and_commit(row)
+        finally:
+            if tracing.enabled():  # OTEL_EXPORTER_OTLP_ENDPOINT: the attempt's span, from its rows
+                tracing.attempt_finished(row)
+
+
+def _execute_and_commit(row: StepExecution) -> StepExecution | None:
     run = row.run
     wf = t.workflow_spec(run)
     owner = row.lease_owner
@@ -209,7 +221,9 @@ def execute_and_commit(row: StepExecution) -> StepExecution | None:
             raise PermanentError(str(exc)) from None
         invocation = step_types.Invocation(run=run, step=row, spec=spec, workflow=wf,
                                            ctx=_context(run, row, rendered), template_context=tctx)
-        output = run_with_deadline(lambda: step_type.execute(invocation), seconds, grace)
+        # The handler thread runs in a copy of this context: its log lines name the step too.
+        context = contextvars.copy_context()
+        output = run_with_deadline(lambda: context.run(step_type.execute, invocation), seconds, grace)
         try:
             # allow_nan=False: NaN is not JSON, and PostgreSQL's jsonb refuses it at commit.
             json.dumps(output, allow_nan=False)
