@@ -149,10 +149,13 @@ LOGIN_URL = "/admin/login/"
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "memory://"
 IS_EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("memory://")
-if not IS_EMBEDDED_BROKER and urlparse(CELERY_BROKER_URL).scheme not in {"redis", "rediss", "amqp", "pyamqp"}:
+BROKER_SCHEME = "memory" if IS_EMBEDDED_BROKER else urlparse(CELERY_BROKER_URL).scheme
+if BROKER_SCHEME not in {"memory", "redis", "rediss", "amqp", "amqps", "pyamqp"}:
     raise ImproperlyConfigured(
-        f"CELERY_BROKER_URL must be a redis:// URL (or unset for the embedded default), got {CELERY_BROKER_URL!r}"
+        "CELERY_BROKER_URL must be a redis:// or amqp:// (RabbitMQ) URL, or unset for the embedded default; "
+        f"got {CELERY_BROKER_URL!r}"
     )
+IS_AMQP_BROKER = BROKER_SCHEME in {"amqp", "amqps", "pyamqp"}
 
 # The longest one step may run (its deadline when it declares no shorter timeout_seconds);
 # a handler that ignores it is abandoned after STEVORA_TIMEOUT_GRACE_SECONDS more.
@@ -162,11 +165,15 @@ STEVORA_TIMEOUT_GRACE_SECONDS = env_float("STEVORA_TIMEOUT_GRACE_SECONDS", 1.0, 
 # STEVORA_MAX_STEP_SECONDS + grace (executor.task_budget); Celery's hard limit is a backstop
 # above that, and the broker's visibility timeout must exceed it.
 _TASK_HARD_LIMIT = int(STEVORA_MAX_STEP_SECONDS + 3 * STEVORA_TIMEOUT_GRACE_SECONDS + 60)
+# Redis redelivers an unacknowledged message after its visibility timeout (longer than any
+# task may run); RabbitMQ redelivers it when the consumer's connection closes.
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", _TASK_HARD_LIMIT + 600, minimum=60),
 }
 if IS_EMBEDDED_BROKER:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.02}
+elif IS_AMQP_BROKER:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -180,9 +187,15 @@ CELERY_TASK_TIME_LIMIT = _TASK_HARD_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
-# Redis serves priority 0 first (kombu's priority_steps 0, 3, 6, 9): step messages go at 3,
-# doorbells the reconciler rings again (recovered steps, lost messages) at 0, ahead of any backlog.
+# Doorbells the reconciler rings again (recovered steps, lost messages) go ahead of any backlog.
+# Redis serves priority 0 first (kombu's priority_steps 0, 3, 6, 9): steps go at 3, those at 0.
+# RabbitMQ serves the highest first, from a queue declared with x-max-priority 9: steps go at
+# 3, those at 9. (A queue declared earlier without x-max-priority must be deleted first:
+# RabbitMQ refuses to redeclare it with other arguments.)
 CELERY_TASK_DEFAULT_PRIORITY = 3
+STEVORA_URGENT_PRIORITY = 9 if IS_AMQP_BROKER else 0
+if IS_AMQP_BROKER:
+    CELERY_TASK_QUEUE_MAX_PRIORITY = 9
 # Celery's Django fixup closes the DB connection around every task unless told to
 # reuse it; a new PostgreSQL connection per step costs about a third of the speed.
 # We keep connections (CONN_MAX_AGE + health checks) and close only broken ones.

@@ -24,7 +24,7 @@ from runs.engine.executor import process_step
 from runs.models import Run, RunEvent
 from runs.services import start_run
 from steps.models import StepExecution
-from tests.conftest import EMBEDDED, read_ledger, wait_for_run
+from tests.conftest import AMQP, EMBEDDED, read_ledger, wait_for_run
 from tests.support.workers import ROOT, subprocess_env, wait_until
 
 
@@ -150,6 +150,7 @@ def _start_redis(port: int, tmp: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.skipif(EMBEDDED, reason="the embedded default has no Redis to restart")
+@pytest.mark.skipif(AMQP, reason="restarts a Redis broker; the RabbitMQ pass uses none")
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_runs_finish_when_redis_restarts_empty_mid_flight(fresh_engine: Any, workflow: Any, ledger: Path,
                                                           tmp_path: Path) -> None:

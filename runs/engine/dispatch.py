@@ -37,9 +37,9 @@ def can_publish() -> bool:
 
 
 # Doorbells the reconciler rings again (a recovered step, a lost message) go ahead of the
-# queue: on Redis, priority 0 is served before the default (CELERY_TASK_DEFAULT_PRIORITY),
-# so a step whose worker died does not wait behind a backlog a second time.
-URGENT = 0
+# queue (Redis serves priority 0 first, RabbitMQ 9: settings.STEVORA_URGENT_PRIORITY), so a
+# step whose worker died does not wait behind a backlog a second time.
+URGENT = settings.STEVORA_URGENT_PRIORITY
 
 
 def _send(name: str, step_id: int, countdown: float | None = None, priority: int | None = None) -> None:

@@ -37,7 +37,7 @@ class Command(BaseCommand):
             pool, concurrency = "prefork", options["concurrency"] or 2
         stop = sweeper.start()
         self.stderr.write(
-            f"stevora engine: broker {'embedded (memory)' if settings.IS_EMBEDDED_BROKER else 'redis'}, "
+            f"stevora engine: broker {'embedded (memory)' if settings.IS_EMBEDDED_BROKER else settings.BROKER_SCHEME}, "
             f"database {connection.vendor}, pool {pool}×{concurrency}, "
             f"sweeps: {', '.join(f'{s.name} every {s.every():g}s' for s in sweeper.registered())}"
         )
