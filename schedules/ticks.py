@@ -32,7 +32,7 @@ class Timing(Protocol):
 @dataclass(frozen=True)
 class Plan:
     ticks: list[datetime]  # the ticks to fire now, oldest first
-    due: int  # how many ticks were due (at least len(ticks); capped for cron)
+    due: int  # how many ticks were due (at least len(ticks); for cron counted up to MAX_CATCH_UP + 1)
     next_fire_at: datetime  # the first tick after now
 
 
@@ -71,7 +71,7 @@ def plan(timing: Timing, next_fire_at: datetime, now: datetime) -> Plan:
         tail = [next_fire_at + k * period for k in range(max(0, due - limit), due)]
         following = next_fire_at + due * period
     else:
-        tail = _cron_back(timing, next_fire_at, now, limit + 1)
+        tail = _cron_back(timing, next_fire_at, now, MAX_CATCH_UP + 1)
         due = len(tail)
         tail = tail[-limit:]
         following = _cron_after(timing, now)
