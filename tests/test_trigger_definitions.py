@@ -118,8 +118,12 @@ def test_catch_up_all_is_bounded_to_the_most_recent_ticks() -> None:
 
 def test_a_cron_schedule_follows_its_time_zone_across_daylight_saving() -> None:
     timing = Timing("one", cron="30 2 * * *", timezone="Europe/Berlin")
-    # 2026-03-29: Berlin skips from 02:00 to 03:00, so that day has no 02:30.
-    after = ticks.first_tick(timing, datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
-    assert after.astimezone(ticks.ZoneInfo("Europe/Berlin")).date().isoformat() in ("2026-03-29", "2026-03-30")
+    # 2026-03-29: Berlin skips from 02:00 to 03:00, so that night's 02:30 fires at 03:00 CEST.
+    assert ticks.first_tick(timing, datetime(2026, 3, 28, 12, 0, tzinfo=UTC)) == datetime(2026, 3, 29, 1, 0,
+                                                                                           tzinfo=UTC)
+    # 2026-10-25: 02:30 happens twice; it fires once, at the first (CEST, 00:30 UTC).
+    autumn = ticks.first_tick(timing, datetime(2026, 10, 24, 12, 0, tzinfo=UTC))
+    assert autumn == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert ticks.next_tick_after(timing, autumn, autumn) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
     summer = ticks.first_tick(timing, datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
     assert summer == datetime(2026, 6, 2, 0, 30, tzinfo=UTC)  # 02:30 CEST
