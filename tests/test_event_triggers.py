@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 from django.db import connection
-from rest_framework.test import APIClient
 
 from events.models import Event
 from events.services import deliver_event
