@@ -117,3 +117,29 @@ def test_a_paused_schedule_fires_nothing_and_resumes_at_the_next_tick_without_a_
     assert late == paused_ticks  # no tick from the paused hour was fired
     assert Run.objects.filter(workflow_name="pausable").count() == ScheduleTick.objects.filter(
         schedule=schedule).count()
+
+
+def test_two_engines_each_with_its_own_beat_fire_each_tick_once(fresh_engine: Any, workflow: Any) -> None:
+    fresh_engine()
+    fresh_engine()
+    workflow(ticking("two-beats", 1))
+    schedule = Schedule.objects.get()
+    wait_until(lambda: ScheduleTick.objects.filter(schedule=schedule).count() >= 2, timeout=20,
+               message="two ticks")
+    pause_schedule(schedule.pk)
+    fired = list(ScheduleTick.objects.filter(schedule=schedule))
+    assert Run.objects.filter(workflow_name="two-beats").count() == len(fired)
+    assert all(t.run_id for t in fired)
+    assert RunEvent.objects.filter(kind="run_triggered", run__workflow_name="two-beats").count() == len(fired)
+
+
+def test_sweeps_started_at_the_same_moment_fire_six_missed_ticks_six_times_in_all(
+        transactional_db: Any) -> None:
+    from runs.services import load_workflow
+
+    load_workflow(ticking("released-together", 3600, catch_up="all"))
+    schedule = Schedule.objects.get()
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=clock.now() - timedelta(hours=5, minutes=10))
+    race(0.5, sweepers=4)
+    assert ScheduleTick.objects.filter(schedule=schedule).count() == 6
+    assert Run.objects.filter(workflow_name="released-together").count() == 6
