@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 
 from runs.definitions import TriggerSpec, spec_for
@@ -48,20 +48,32 @@ def sync_schedules(workflow: Workflow) -> list[Schedule]:
         fields = _fields(trigger)
         schedule = existing.get(trigger.index)
         if schedule is None:
-            schedule = Schedule(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
-                                trigger_index=trigger.index)
-        same_timing = schedule.pk is not None and schedule.timing() == (
-            fields["kind"], fields["cron"], fields["timezone"], fields["every_seconds"])
-        for name, value in fields.items():
-            setattr(schedule, name, value)
-        schedule.workflow = workflow
-        if not same_timing:
-            schedule.next_fire_at = ticks.first_tick(schedule, now)
-        schedule.save()
+            schedule = Schedule.objects.create(workspace_id=workflow.workspace_id, workflow=workflow,
+                                               workflow_name=workflow.name, trigger_index=trigger.index,
+                                               next_fire_at=ticks.first_tick(Timing(fields), now), **fields)
+        else:
+            changes: dict[str, Any] = {"workflow": workflow, "catch_up": fields["catch_up"], "input": fields["input"]}
+            if schedule.timing() != (fields["kind"], fields["cron"], fields["timezone"], fields["every_seconds"]):
+                changes.update(fields, next_fire_at=ticks.first_tick(Timing(fields), now))
+            # Only these columns: a sweep may be moving next_fire_at right now, and writing back
+            # the value read above would make it fire a tick again.
+            Schedule.objects.filter(pk=schedule.pk).update(**changes)
+            schedule.refresh_from_db()
         kept.append(schedule)
     (Schedule.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name)
      .exclude(trigger_index__in=[t.index for t in wanted]).delete())
     return kept
+
+
+class Timing:
+    """A trigger's timing fields as ``schedules.ticks`` reads them."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.kind: str = fields["kind"]
+        self.cron: str = fields["cron"]
+        self.timezone: str = fields["timezone"]
+        self.every_seconds: int | None = fields["every_seconds"]
+        self.catch_up: str = fields["catch_up"]
 
 
 def _fields(trigger: TriggerSpec) -> dict[str, Any]:
@@ -113,26 +125,31 @@ def fire_schedule(pk: int) -> int:
 
 
 def _start_for_tick(schedule: Schedule, tick: datetime) -> int:
+    """Claim the tick (its unique row) and start its run; a tick already claimed starts nothing."""
     stamp = tick.isoformat()
     actor = f"schedule:{schedule.pk}"
-    run = None
-    error = ""
+    try:
+        with transaction.atomic():
+            claimed = ScheduleTick.objects.create(schedule=schedule, tick=tick)
+    except IntegrityError:
+        logger.warning("schedule %s: the tick at %s was fired already", schedule.pk, stamp)
+        return 0
     try:
         with transaction.atomic():
             result = start_run(schedule.workflow_name, schedule.input, workspace=schedule.workspace_id,
                                idempotency_key=f"schedule:{schedule.pk}:{stamp}", actor=actor)
-            run = result.run
             if result.created:
-                record(run.pk, "run_triggered", actor=actor,
+                record(result.run.pk, "run_triggered", actor=actor,
                        message=f"started by trigger {schedule.trigger_index} ({schedule.describe()}) "
                                f"for the tick at {stamp}",
                        data={"trigger": schedule.trigger_index, "kind": schedule.kind, "schedule": schedule.pk,
                              "tick": stamp})
     except StartError as exc:
-        error = str(exc)
         logger.warning("schedule %s: no run for the tick at %s: %s", schedule.pk, stamp, exc)
-    ScheduleTick.objects.create(schedule=schedule, tick=tick, run=run, error=error)
-    return 1 if run is not None else 0
+        ScheduleTick.objects.filter(pk=claimed.pk).update(error=str(exc))
+        return 0
+    ScheduleTick.objects.filter(pk=claimed.pk).update(run=result.run)
+    return 1
 
 
 def schedules_of(workspace: Workspace | None = None) -> QuerySet[Schedule]:

@@ -143,3 +143,19 @@ def test_sweeps_started_at_the_same_moment_fire_six_missed_ticks_six_times_in_al
     race(0.5, sweepers=4)
     assert ScheduleTick.objects.filter(schedule=schedule).count() == 6
     assert Run.objects.filter(workflow_name="released-together").count() == 6
+
+
+def test_a_tick_fired_already_is_never_fired_again_even_if_next_fire_at_is_moved_back(db: Any) -> None:
+    from runs.services import load_workflow
+    from schedules.services import fire_schedule
+
+    load_workflow(ticking("rewound", 3600, catch_up="all"))
+    schedule = Schedule.objects.get()
+    past = clock.now() - timedelta(minutes=10)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=past)
+    assert fire_schedule(schedule.pk) == 1
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=past)  # e.g. a stale write
+    assert fire_schedule(schedule.pk) == 0
+    assert Schedule.objects.get(pk=schedule.pk).next_fire_at > clock.now()
+    assert ScheduleTick.objects.filter(schedule=schedule).count() == 1
+    assert Run.objects.filter(workflow_name="rewound").count() == 1
