@@ -123,9 +123,6 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
         claims: list[tuple[int, dict[str, Any]]]
         started: list[str] = []
         problems: list[str] = []
-        if not duplicate:
-            # In the transaction that stores the event: its runs exist exactly when it does.
-            started, problems = start_triggered_runs(event)
         if duplicate:
             output = event.as_output()
             claims = [(step_id, output) for step_id in
@@ -133,6 +130,9 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
                       .values_list("step_id", flat=True)]
         else:
             claims = _claim_waits(event)
+            # In the transaction that stores the event, so its runs exist exactly when it does;
+            # after the claims, so a run it starts does not take it for a wait of its own.
+            started, problems = start_triggered_runs(event)
     completed = []
     for step_id, step_output in claims:
         with transaction.atomic():

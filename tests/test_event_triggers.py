@@ -86,3 +86,16 @@ def test_a_trigger_starts_only_for_its_key_and_if_and_reports_an_input_it_cannot
     assert "order" in refused.trigger_problems[0]
     assert Event.objects.filter(pk=refused.event.pk).exists()  # the event is stored all the same
     assert Run.objects.filter(workflow_name="fulfil").count() == 1
+
+
+def test_a_run_started_by_an_event_does_not_take_that_event_for_its_own_wait(engine: Any, workflow: Any) -> None:
+    workflow({"name": "reopen-watch", "steps": [
+        {"name": "again", "type": "external_event", "event": "ticket.opened", "key": "{{ input.ticket }}"}],
+        "triggers": [{"event": "ticket.opened", "input": {"ticket": "{{ event.key }}"}}]})
+    first = deliver_event("ticket.opened", key="T-1", event_id="open-1")
+    assert len(first.started_runs) == 1 and first.matched_step_ids == []
+    wait_parked(first.started_runs[0])
+    second = deliver_event("ticket.opened", key="T-1", event_id="open-2")
+    assert len(second.matched_step_ids) == 1 and len(second.started_runs) == 1
+    done = wait_for_run(first.started_runs[0])
+    assert done.status == "completed" and done.output["event_id"] == "open-2"
