@@ -27,17 +27,21 @@ def ticking(name: str, every: int, **trigger: Any) -> dict[str, Any]:
             "triggers": [{"every_seconds": every, "input": {"n": 7}, **trigger}]}
 
 
-def race(seconds: float, sweepers: int) -> int:
-    """Call the sweep from ``sweepers`` threads (each its own connection) for ``seconds``."""
+def race(seconds: float, sweepers: int, until: Any = None) -> int:
+    """Call the sweep from ``sweepers`` threads (each its own connection) for ``seconds``, or
+    until ``until()`` holds (checked between sweeps)."""
     stop = time.monotonic() + seconds
     failures: list[BaseException] = []
     start = threading.Barrier(sweepers)
+    done = threading.Event()
 
     def sweep() -> None:
         try:
             start.wait()
-            while time.monotonic() < stop:
+            while time.monotonic() < stop and not done.is_set():
                 fire_due_schedules()
+                if until is not None and until():
+                    done.set()
                 time.sleep(0.01)
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
@@ -57,10 +61,11 @@ def test_a_schedule_fires_each_tick_once_while_the_beat_and_two_more_sweepers_ra
         engine: Any, workflow: Any) -> None:
     workflow(ticking("every-second", 1))
     schedule = Schedule.objects.get()
-    race(3.5, sweepers=2)  # and the engine's beat sweeps meanwhile
+    # Two sweeping threads, and the engine's beat meanwhile, until three ticks have fired.
+    race(20, sweepers=2, until=lambda: ScheduleTick.objects.filter(schedule=schedule).count() >= 3)
     pause_schedule(schedule.pk)
     fired = list(ScheduleTick.objects.filter(schedule=schedule).order_by("tick"))
-    assert len(fired) >= 2
+    assert len(fired) >= 3
     runs = Run.objects.filter(workflow_name="every-second")
     assert runs.count() == len(fired) and all(t.run_id for t in fired)
     triggered = list(RunEvent.objects.filter(kind="run_triggered", run__workflow_name="every-second")
