@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from runs.admin import CappedCountPaginator
 
-from .models import Event, EventMatch, EventWait
+from .models import Event, EventMatch, EventTrigger, EventWait
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -43,3 +43,13 @@ class EventWaitAdmin(ReadOnly):
 @admin.register(EventMatch)
 class EventMatchAdmin(ReadOnly):
     list_display = ("id", "event", "run", "step", "step_name", "matched_at")
+
+
+@admin.register(EventTrigger)
+class EventTriggerAdmin(ReadOnly):
+    list_display = ("id", "workflow_name", "trigger_index", "name", "key", "condition", "workspace")
+    list_filter = ("name",)
+    search_fields = ("workflow_name", "name")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # triggers come from definitions

@@ -36,6 +36,11 @@ class EventOutSerializer(serializers.Serializer):
     duplicate = serializers.BooleanField(help_text="true when this event id had been delivered already.")
     matched_steps = serializers.ListField(child=serializers.IntegerField(),
                                          help_text="Ids of the waiting steps this delivery completed.")
+    started_runs = serializers.ListField(child=serializers.UUIDField(),
+                                        help_text="Ids of the runs this event's triggers started (a new event only).")
+    trigger_problems = serializers.ListField(child=serializers.CharField(),
+                                            help_text="Triggers that matched but started no run, and why "
+                                                      "(e.g. the workflow refused the input).")
 
 
 class EventDeliver(APIView):
@@ -53,7 +58,8 @@ class EventDeliver(APIView):
         event = delivery.event
         out = {"id": event.pk, "name": event.name, "key": event.key, "event_id": event.event_id,
                "payload": event.payload, "received_at": event.received_at, "duplicate": delivery.duplicate,
-               "matched_steps": delivery.matched_step_ids}
+               "matched_steps": delivery.matched_step_ids,
+               "started_runs": delivery.started_runs, "trigger_problems": delivery.trigger_problems}
         return Response(EventOutSerializer(out).data,
                         status=status.HTTP_200_OK if delivery.duplicate else status.HTTP_201_CREATED)
 

@@ -89,3 +89,36 @@ class EventMatch(models.Model):
 
     def __str__(self) -> str:
         return f"event {self.event_id} -> step {self.step_id}"
+
+
+class EventTrigger(models.Model):
+    """``triggers[trigger_index]: {event: NAME}`` of a workflow's latest version: a delivered
+    event of this name (and key, and ``if``) starts a run of ``workflow_name``.
+
+    Kept in sync when a version is stored (``events.triggers.sync_event_triggers``).
+    ``key`` null: any key. ``input`` null: the run's input is the event's payload.
+    """
+
+    workspace = models.ForeignKey("runs.Workspace", on_delete=models.CASCADE, related_name="event_triggers")
+    workflow = models.ForeignKey("runs.Workflow", on_delete=models.CASCADE, related_name="event_triggers",
+                                 help_text="The version that declares this trigger.")
+    workflow_name = models.CharField(max_length=200)
+    trigger_index = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    key = models.CharField(max_length=255, null=True, blank=True)
+    condition = models.TextField(blank=True, default="", help_text="The trigger's if: expression over `event`.")
+    input = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workflow_name", "trigger_index"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "workflow_name", "trigger_index"],
+                                    name="eventtrigger_one_per_trigger"),
+        ]
+        indexes = [
+            # events.triggers.start_triggered_runs: the triggers of this event name.
+            models.Index(fields=["workspace", "name"], name="eventtrigger_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name} on {self.name}[{self.key or '*'}]"

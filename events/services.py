@@ -22,6 +22,7 @@ from steps.models import StepStatus
 from .matching import lock_event_name, matches
 from .models import Event, EventMatch, EventWait
 from .step_type import waits_for
+from .triggers import start_triggered_runs
 
 logger = logging.getLogger("stevora.events")
 
@@ -39,6 +40,8 @@ class Delivery:
     event: Event
     matched_step_ids: list[int] = field(default_factory=list)
     duplicate: bool = False
+    started_runs: list[str] = field(default_factory=list)  # by event triggers (a new event only)
+    trigger_problems: list[str] = field(default_factory=list)  # triggers that matched but started no run
 
 
 def _workspace(workspace: Workspace | int | str | None) -> Workspace:
@@ -91,7 +94,8 @@ def retention_seconds() -> float:
 
 def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: str | None = None,
                   workspace: Workspace | int | str | None = None) -> Delivery:
-    """Store an event and complete every waiting step it satisfies (its output: the event).
+    """Store an event, start the runs its triggers declare, and complete every waiting step it
+    satisfies (its output: the event).
 
     Two transactions: the first stores the event and records which waits it claims
     (``EventMatch``), the second resumes them. The same ``event_id`` again is a
@@ -117,6 +121,8 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
         else:
             event = existing
         claims: list[tuple[int, dict[str, Any]]]
+        started: list[str] = []
+        problems: list[str] = []
         if duplicate:
             output = event.as_output()
             claims = [(step_id, output) for step_id in
@@ -124,6 +130,9 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
                       .values_list("step_id", flat=True)]
         else:
             claims = _claim_waits(event)
+            # In the transaction that stores the event, so its runs exist exactly when it does;
+            # after the claims, so a run it starts does not take it for a wait of its own.
+            started, problems = start_triggered_runs(event)
     completed = []
     for step_id, step_output in claims:
         with transaction.atomic():
@@ -131,7 +140,7 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
                                    expected_type="external_event"):
                 EventWait.objects.filter(step_id=step_id).delete()
                 completed.append(step_id)
-    return Delivery(event, completed, duplicate)
+    return Delivery(event, completed, duplicate, started, problems)
 
 
 def purge_expired_events(now: Any = None) -> int:

@@ -15,9 +15,12 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import cronsim
 import jsonschema
 import yaml
 
@@ -32,6 +35,10 @@ WORK_TYPES = frozenset({"task", "llm"})
 RESERVED_NAMES = frozenset({END})
 # A definition bigger than this is a mistake or an attack (YAML aliases expand without copying).
 MAX_DEFINITION_VALUES = 100_000
+
+
+# ``catch_up`` of a schedule trigger (runs/schema: triggers[].catch_up).
+CATCH_UP_POLICIES = ("skip", "one", "all")
 
 
 class DefinitionError(ValueError):
@@ -86,6 +93,26 @@ class StepSpec:
         return self.type in WORK_TYPES
 
 
+@dataclass(frozen=True)
+class TriggerSpec:
+    """One entry of ``triggers:``: a schedule (``cron``/``every_seconds``) or an ``event``."""
+
+    index: int
+    kind: str  # "cron", "every" or "event"
+    cron: str = ""
+    timezone: str = "UTC"
+    every_seconds: int | None = None
+    catch_up: str = "one"
+    event: str = ""
+    key: str | None = None
+    condition: str = ""  # the ``if:`` expression of an event trigger
+    input: dict[str, Any] | None = None  # None: {} for a schedule, the event's payload for an event
+
+    @property
+    def is_schedule(self) -> bool:
+        return self.kind in ("cron", "every")
+
+
 @dataclass
 class WorkflowSpec:
     name: str
@@ -98,6 +125,7 @@ class WorkflowSpec:
     output: Any
     has_output: bool
     budget: dict[str, Any]
+    triggers: list[TriggerSpec] = field(default_factory=list)
 
     @property
     def content_hash(self) -> str:
@@ -423,13 +451,96 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
             if declared != "object" and not (isinstance(declared, list) and "object" in declared):
                 builder.error("input_schema.type", f"run input is always a JSON object, so the schema's type "
                                                    f"must be 'object', not {declared!r}")
+    triggers = _build_triggers(document.get("triggers") or [], builder.error)
     if builder.errors:
         raise DefinitionError(builder.errors, source)
-    return WorkflowSpec(
+    spec = WorkflowSpec(
         name=document["name"], description=document.get("description", ""), document=document, steps=steps,
         by_name=builder.by_name, sequences=builder.sequences, input_schema=document.get("input_schema"),
         output=document.get("output"), has_output="output" in document, budget=document.get("budget") or {},
+        triggers=triggers,
     )
+    for trigger in triggers:
+        # A schedule's input is fixed, so it is checked now, not at 3 a.m. when it fires; an
+        # event trigger's input is checked now when it holds no template (else at delivery).
+        literal = trigger.input is not None and not any(walk_templates(trigger.input, ""))
+        if trigger.is_schedule or literal:
+            for ipath, message in input_errors(spec, trigger.input or {}):
+                builder.error(f"triggers[{trigger.index}]." + ipath, message)
+    if builder.errors:
+        raise DefinitionError(builder.errors, source)
+    return spec
+
+
+def _build_triggers(raw_triggers: list[dict[str, Any]], error: Any) -> list[TriggerSpec]:
+    """The semantic pass over ``triggers:`` (the schema has checked each field's type)."""
+    out: list[TriggerSpec] = []
+    for i, raw in enumerate(raw_triggers):
+        path = f"triggers[{i}]"
+        kinds = [k for k in ("cron", "every_seconds", "event") if k in raw]
+        if len(kinds) != 1:
+            found = f" (found {', '.join(kinds)})" if kinds else ""
+            error(path, f"a trigger needs exactly one of 'cron', 'every_seconds' or 'event'{found}")
+            continue
+        kind = {"cron": "cron", "every_seconds": "every", "event": "event"}[kinds[0]]
+        misplaced = ([k for k in ("key", "if") if k in raw] if kind != "event"
+                     else [k for k in ("timezone", "catch_up") if k in raw])
+        if kind == "every" and "timezone" in raw:
+            misplaced.append("timezone")
+        for k in misplaced:
+            owner = {"key": "an event trigger", "if": "an event trigger", "catch_up": "a schedule (cron or "
+                     "every_seconds)", "timezone": "a cron trigger"}[k]
+            error(f"{path}.{k}", f"only {owner} takes {k!r}")
+        tz = raw.get("timezone", "UTC")
+        if kind == "cron":
+            if not _valid_timezone(tz):
+                error(f"{path}.timezone", f"unknown time zone {tz!r}; use an IANA name such as 'Europe/Berlin' "
+                                          f"or 'UTC'")
+            problem = cron_problem(raw["cron"])
+            if problem:
+                error(f"{path}.cron", problem)
+        condition = raw.get("if", "")
+        if condition:
+            try:
+                check_expression(condition)
+            except TemplateProblem as exc:
+                error(f"{path}.if", str(exc))
+        if "input" in raw:
+            for tpath, source in walk_templates(raw["input"], f"{path}.input"):
+                if kind != "event":
+                    error(tpath, "a schedule's input is fixed: templates are for event triggers")
+                    continue
+                try:
+                    check_template(source)
+                except TemplateProblem as exc:
+                    error(tpath, str(exc))
+        key = raw.get("key")
+        out.append(TriggerSpec(
+            index=i, kind=kind, cron=raw.get("cron", ""), timezone=tz, every_seconds=raw.get("every_seconds"),
+            catch_up=raw.get("catch_up", "one"), event=raw.get("event", ""),
+            key=str(key) if key is not None else None, condition=condition, input=raw.get("input"),
+        ))
+    return out
+
+
+def _valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why ``expression`` is not a cron expression we run, or None."""
+    if len(expression.split()) != 5:
+        return (f"{expression!r} is not a five-field cron expression (minute hour day-of-month month "
+                f"day-of-week), e.g. '*/5 * * * *'")
+    try:
+        cronsim.CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except cronsim.CronSimError as exc:
+        return f"not a valid cron expression {expression!r}: {exc}"
+    return None
 
 
 def handler_registered(name: str) -> bool:

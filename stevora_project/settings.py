@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "events",
     "api",
     "webhooks",
+    "schedules",
 ]
 
 MIDDLEWARE = [
@@ -224,6 +225,8 @@ STEVORA: dict[str, Any] = {
     "EVENT_RETENTION_SECONDS": env_float("STEVORA_EVENT_RETENTION_SECONDS", 7 * 86400.0, minimum=0),
     "EVENT_PURGE_SECONDS": EVENT_PURGE_SECONDS,
     "WEBHOOK_SWEEP_SECONDS": env_float("STEVORA_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.05),
+    # How often the beat (or runengine) looks for schedules whose next tick has come.
+    "SCHEDULE_SWEEP_SECONDS": env_float("STEVORA_SCHEDULE_SWEEP_SECONDS", 1.0, minimum=0.05),
     "TIMEOUT_GRACE_SECONDS": STEVORA_TIMEOUT_GRACE_SECONDS,
     # A ready step whose doorbell is older than this is rung again.
     "REDISPATCH_SECONDS": env_float("STEVORA_REDISPATCH_SECONDS", 15.0, minimum=0.1),

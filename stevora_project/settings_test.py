@@ -10,6 +10,7 @@ _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ.setdefault("STEVORA_LEASE_SECONDS", "2")
 os.environ.setdefault("STEVORA_RECONCILE_SECONDS", "0.3")
 os.environ.setdefault("STEVORA_REDISPATCH_SECONDS", "2")
+os.environ.setdefault("STEVORA_SCHEDULE_SWEEP_SECONDS", "0.3")
 os.environ.setdefault("STEVORA_HANDLER_MODULES", "tests.handlers,tests.llm_handlers,examples.handlers")
 if _worker != "main" and "-main-" in os.environ.get("STEVORA_QUEUE", ""):
     # An xdist worker inherits the controller's queue name; each worker has its own

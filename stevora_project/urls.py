@@ -12,6 +12,7 @@ from api.urls import urlpatterns as api_pages
 from approvals.api import ApprovalDecide, ApprovalList
 from events.api import EventDeliver
 from providers.api import CostSummary, RunCost
+from schedules.api import ScheduleList, SchedulePause, ScheduleResume
 
 from .health import healthz
 from .metrics import metrics
@@ -38,6 +39,9 @@ api_v1 = [
     path("approvals/", ApprovalList.as_view(), name="approvals"),
     path("approvals/<int:approval_id>/decide/", ApprovalDecide.as_view(), name="approval-decide"),
     path("cost/", CostSummary.as_view(), name="cost"),
+    path("schedules/", ScheduleList.as_view(), name="schedules"),
+    path("schedules/<int:schedule_id>/pause/", SchedulePause.as_view(), name="schedule-pause"),
+    path("schedules/<int:schedule_id>/resume/", ScheduleResume.as_view(), name="schedule-resume"),
 ]
 
 urlpatterns = [

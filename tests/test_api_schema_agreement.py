@@ -138,9 +138,13 @@ def test_every_operation_documents_the_error_body_and_only_its_own_codes(openapi
             for code in codes - {"200", "201"}:
                 ref = operation["responses"][code]["content"]["application/json"]["schema"]["$ref"]
                 assert ref.endswith("/Error"), (path, method, code)
-            conflicts = path.endswith(("/cancel/", "/pause/", "/resume/", "/retry/", "/fork/", "/decide/"))
+            # Pausing a paused schedule (or resuming an active one) is a no-op, not a conflict.
+            conflicts = (path.endswith(("/cancel/", "/pause/", "/resume/", "/retry/", "/fork/", "/decide/"))
+                         and not path.startswith("/api/v1/schedules/"))
             assert ("409" in codes) == conflicts, (method, path)
             assert ("403" in codes) == (method == "post"), (method, path)
             assert ("413" in codes) == (method == "post"), (method, path)
     assert "404" not in seen["POST /api/v1/runs/"] and "404" not in seen["GET /api/v1/cost/"]
     assert "404" in seen["GET /api/v1/approvals/"]  # a bad cursor
+    assert {"GET /api/v1/schedules/", "POST /api/v1/schedules/{schedule_id}/pause/",
+            "POST /api/v1/schedules/{schedule_id}/resume/"} <= set(seen)

@@ -12,7 +12,8 @@ from runs.cli import parse_json_arg
 
 
 class Command(BaseCommand):
-    help = "Deliver an external event: stored, and every waiting step it satisfies completes with it."
+    help = ("Deliver an external event: stored, every workflow whose triggers name it starts a run, and every "
+            "waiting step it satisfies completes with it.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", metavar="NAME", help="the event's name, as external_event steps name it")
@@ -32,10 +33,15 @@ class Command(BaseCommand):
         event = delivery.event
         if options["json"]:
             self.stdout.write(json.dumps({"event": event.as_output(), "duplicate": delivery.duplicate,
-                                          "matched_steps": delivery.matched_step_ids}, default=str))
+                                          "matched_steps": delivery.matched_step_ids,
+                                          "started_runs": delivery.started_runs,
+                                          "trigger_problems": delivery.trigger_problems}, default=str))
             return
         if delivery.duplicate:
             self.stdout.write(f"event #{event.pk} with id {event.event_id!r} was already delivered; ignored")
         else:
             self.stdout.write(f"event #{event.pk} {event.name}[{event.key}] stored; "
-                              f"{len(delivery.matched_step_ids)} waiting step(s) completed")
+                              f"{len(delivery.matched_step_ids)} waiting step(s) completed, "
+                              f"{len(delivery.started_runs)} run(s) started by triggers")
+            for problem in delivery.trigger_problems:
+                self.stderr.write(f"trigger started no run: {problem}")
