@@ -339,9 +339,10 @@ def park_for_handler(row: StepExecution, owner: str, name: str) -> None:
 
 def release_handler_waits() -> int:
     """Task steps parked for a handler that a live worker now has go back to ready."""
+    # One table, through its partial index (a join here would lock two tables every second).
     parked = [(pk, run_id, state) for pk, run_id, state in StepExecution.objects.filter(
-        status=StepStatus.WAITING, type="task", run__status__in=(RunStatus.RUNNING, RunStatus.WAITING),
-    ).values_list("id", "run_id", "state")[:500] if isinstance(state, dict) and state.get(NEEDS_HANDLER)]
+        status=StepStatus.WAITING, type="task").values_list("id", "run_id", "state")[:500]
+        if isinstance(state, dict) and state.get(NEEDS_HANDLER)]
     if not parked:
         return 0
     available = {h for w in live_workers() for h in (w.handlers or [])}
@@ -352,6 +353,8 @@ def release_handler_waits() -> int:
             continue
         with transaction.atomic():
             run: Run = t.lock_run(run_id)
+            if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+                continue  # paused (resume releases it later) or ended
             now = t.now()
             publish = can_publish()
             rest = {k: v for k, v in state.items() if k != NEEDS_HANDLER}
