@@ -11,11 +11,13 @@ class ProvidersConfig(AppConfig):
         from runs.cli import register_step_detail
         from steps import types
 
-        from . import transcript
+        from . import tool_decisions, transcript
         from .step_type import LLMType
         from .terminal import agent_lines
 
         types.register(LLMType())
+        # Tool calls waiting in the approval inbox: approvals resumes them through this registry.
+        tool_decisions.register()
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
         admin_timeline.register_step_panel("llm", transcript.render)

@@ -13,10 +13,10 @@ from .definitions import LoadResult, definition_files, load_workflow, load_workf
 from .fork import fork_run
 from .retry import retry_run
 from .starting import StartResult, resolve_workflow, start_run
-from .waiting import resume_waiting_step
+from .waiting import requeue_waiting_step, resume_waiting_step
 
 __all__ = [
     "LoadResult", "NotFound", "StartError", "StartResult", "cancel_run", "definition_files", "fork_run", "get_run",
-    "load_workflow", "load_workflow_text", "pause_run", "resolve_workflow", "resume_run", "resume_waiting_step",
-    "retry_run", "start_run",
+    "load_workflow", "load_workflow_text", "pause_run", "requeue_waiting_step", "resolve_workflow", "resume_run",
+    "resume_waiting_step", "retry_run", "start_run",
 ]
