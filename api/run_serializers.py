@@ -201,3 +201,61 @@ class StepDetailSerializer(StepSummarySerializer):
         fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls",
                   "tool_calls"]
         read_only_fields = fields
+
+
+# --- diff of two runs (runs.services.diff; the view returns the service's dict as is) --------------
+
+
+@extend_schema_field(JSON_ANY)
+class AnyValueField(serializers.JSONField):
+    pass
+
+
+class DiffDifferenceSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="status, input, output, error, workflow; conversation and tool_calls "
+                                            "for llm steps")
+    path = serializers.CharField(help_text="where inside the field, e.g. `text`, `items[2].name`, "
+                                           "`round 2.answer.text`; empty: the whole field")
+    a = AnyValueField(allow_null=True)
+    b = AnyValueField(allow_null=True)
+    only = serializers.ChoiceField(choices=["a", "b"], required=False,
+                                   help_text="the key exists only in this run's value")
+
+
+class DiffSideSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    type = serializers.CharField()
+    attempts = serializers.IntegerField()
+
+
+class DiffStepSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["same", "differs", "only_a", "only_b"])
+    a = DiffSideSerializer(allow_null=True)
+    b = DiffSideSerializer(allow_null=True)
+    differences = DiffDifferenceSerializer(many=True)
+
+
+class DiffRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workflow = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    forked_from = serializers.UUIDField(allow_null=True)
+    forked_from_step = serializers.CharField(allow_null=True)
+
+
+class DiffPartSerializer(serializers.Serializer):
+    step = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["differs", "only_a", "only_b"])
+    differing = serializers.ListField(child=serializers.CharField(), help_text="the fields that differ at that step")
+
+
+class RunDiffSerializer(serializers.Serializer):
+    a = DiffRunSerializer()
+    b = DiffRunSerializer()
+    identical = serializers.BooleanField()
+    run_differences = DiffDifferenceSerializer(many=True)
+    first_difference = DiffPartSerializer(allow_null=True, help_text="the first step, in A's order, that "
+                                                                     "differs or that only one run reached")
+    steps = DiffStepSerializer(many=True)

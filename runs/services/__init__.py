@@ -3,20 +3,21 @@
 Management commands, admin actions and API views call these functions and nothing
 else; each owns its transaction and its checks, and raises a clear error instead of
 half-writing anything. By job: ``definitions`` (loading), ``starting``, ``control``
-(cancel, pause, resume), ``retry``, ``fork``, ``waiting`` (resuming a waiting step).
+(cancel, pause, resume), ``retry``, ``fork``, ``waiting`` (resuming a waiting step), ``diff`` (two runs compared).
 """
 
 from runs.errors import NotFound, StartError
 
 from .control import cancel_run, get_run, pause_run, resume_run
 from .definitions import LoadResult, definition_files, load_workflow, load_workflow_text
+from .diff import diff_runs, register_step_differ
 from .fork import fork_run
 from .retry import retry_run
 from .starting import StartResult, resolve_workflow, start_run
 from .waiting import requeue_waiting_step, resume_waiting_step
 
 __all__ = [
-    "LoadResult", "NotFound", "StartError", "StartResult", "cancel_run", "definition_files", "fork_run", "get_run",
-    "load_workflow", "load_workflow_text", "pause_run", "requeue_waiting_step", "resolve_workflow", "resume_run",
-    "resume_waiting_step", "retry_run", "start_run",
+    "LoadResult", "NotFound", "StartError", "StartResult", "cancel_run", "definition_files", "diff_runs", "fork_run",
+    "get_run", "load_workflow", "load_workflow_text", "pause_run", "register_step_differ", "requeue_waiting_step",
+    "resolve_workflow", "resume_run", "resume_waiting_step", "retry_run", "start_run",
 ]
