@@ -103,13 +103,16 @@ class RunSerializer(serializers.ModelSerializer):
     forked_from = serializers.UUIDField(source="forked_from_id", allow_null=True,
                                         help_text="The run this one was forked from (null: not a fork).")
     forked_from_step = serializers.CharField(allow_blank=True, help_text="The step a fork ran from (\"\": not a fork).")
+    replay = serializers.CharField(allow_blank=True, help_text="A fork's replay mode: \"recorded\" (answers from the "
+                                                               "source run's record where the request matches) "
+                                                               "or \"\" (all live).")
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
     max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True, allow_null=True)
 
     class Meta:
         model = Run
         fields = ["id", "workflow", "version", "status", "input", "output", "error", "idempotency_key",
-                  "parent_run", "forked_from", "forked_from_step",
+                  "parent_run", "forked_from", "forked_from_step", "replay",
                   "created_by", "created_at", "started_at", "finished_at", "updated_at",
                   "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens"]
         read_only_fields = fields
@@ -170,6 +173,10 @@ class ForkSerializer(serializers.Serializer):
     from_step = StrictCharField(max_length=200, help_text="A top-level step the source run reached: "
                                                           "results of the steps before it are kept.")
     input = JSONObjectField(required=False, help_text="Changed run input (default: the source run's).")
+    replay = serializers.ChoiceField(
+        choices=["none", "recorded"], required=False, default="none",
+        help_text="recorded: model turns and tool calls that ask what the source run asked are answered from its "
+                  "record (no cost, no side effect); the first that differs goes live, and everything after it.")
 
 
 class RunEventSerializer(serializers.ModelSerializer):

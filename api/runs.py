@@ -220,7 +220,7 @@ class RunFork(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         forked = services.fork_run(source.pk, from_step=data["from_step"], run_input=data.get("input"),
-                                   actor=actor_of(request))
+                                   actor=actor_of(request), replay=data.get("replay", "none"))
         run = Run.objects.select_related("workflow").get(pk=forked.pk)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 

@@ -201,6 +201,9 @@ class LLMCall(models.Model):
     output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0))
     latency_ms = models.FloatField(null=True, blank=True)
+    # A replayed fork's answer copied from the source run's record (no request was sent, nothing charged).
+    replayed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="replays")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -270,6 +273,9 @@ class ToolCall(models.Model):
     # Each decision a person took about this call, in order: {"kind": "arguments" | "crash",
     # "action", "by", "at", "approval", ...}. The approval rows hold the rest.
     decisions = models.JSONField(default=list, blank=True)
+    # A replayed fork's result copied from the source run's record (the handler was not entered).
+    replayed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="replays")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -285,4 +291,5 @@ class ToolCall(models.Model):
     def as_output(self) -> dict[str, Any]:
         return {"round": self.round, "id": self.call_id, "name": self.tool, "arguments": self.arguments,
                 "status": self.status, "output": self.output, **({"error": self.error} if self.error else {}),
-                **({"decisions": self.decisions} if self.decisions else {})}
+                **({"decisions": self.decisions} if self.decisions else {}),
+                **({"replayed": True} if self.replayed_from_id else {})}

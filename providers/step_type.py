@@ -39,6 +39,7 @@ from .chain import Answer, Scope, complete
 from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems
 from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus, ToolEffects
 from .registry import ResolveError, resolve
+from .replay import Recorded
 from .wire import ChatRequest, ChatResult
 
 logger = logging.getLogger("stevora.llm")
@@ -180,6 +181,8 @@ class Agent:
                         effects=raw.get("effects") or ToolEffects.IRREVERSIBLE,
                         requires_approval=bool(raw.get("requires_approval")))
             self.tools[tool.name] = tool
+        # A fork with replay: recorded answers from its source run's record while the requests match.
+        self.recorded = Recorded(run, step)
         self.schema = self.cfg.get("output_schema")
         self.json = self.cfg.get("response_format") == "json" or self.schema is not None
         # A previous attempt's worker died mid-request: its rows stay as evidence, marked so.
@@ -264,7 +267,7 @@ class Agent:
         digest = request.digest()
         recorded = None if self.first_attempt else (
             LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
-            .values("result", "provider_name", "model", "request_digest").first())
+            .values("result", "provider_name", "model", "request_digest", "replayed_from").first())
         if recorded is not None and recorded["result"] is not None:
             if recorded["request_digest"] and recorded["request_digest"] != digest:
                 # The conversation that led here differs from the recorded one (a guardrail judge
@@ -273,9 +276,13 @@ class Agent:
                 raise ReplayDiverged(
                     f"round {round_number} was answered for a different conversation than this attempt's; "
                     "the step cannot be resumed safely — start a new run")
+            self.recorded.saw_own(round_number, recorded["replayed_from"] is not None)
             result = ChatResult.from_json(recorded["result"])
             return Answer(result, recorded["provider_name"], result.model or recorded["model"],
                           [{"provider": recorded["provider_name"], "outcome": "replayed"}], replayed=True)
+        replayed = self.recorded.answer(round_number, digest, self.scope.step_attempt)
+        if replayed is not None:
+            return replayed
         self.scope.request_digest = digest
         return complete(self.route, request, self.scope, round_number)
 
@@ -293,6 +300,7 @@ class Agent:
         call_id, name = call["id"], call["name"]
         row = ToolCall.objects.filter(step_id=self.step_id, round=round_number, call_id=call_id).first()
         if row is not None and row.status in (ToolCallStatus.COMPLETED, ToolCallStatus.FAILED):
+            self.recorded.saw_own(round_number, row.replayed_from_id is not None)
             return self.tool_message(row)
         tool = self.tools.get(name)
         arguments = call.get("arguments")
@@ -306,6 +314,11 @@ class Agent:
             if problems:
                 problem = "invalid arguments: " + "; ".join(problems)
         key = f"{self.ctx.run_id}:{self.ctx.key}:tool:{round_number}:{call_id}"
+        if row is None and problem is None and tool is not None:
+            copied = self.recorded.tool(round_number, call_id, name, arguments, key=key, effects=tool.effects,
+                                        handler=tool.handler, step_attempt=self.scope.step_attempt)
+            if copied is not None:  # the source run's result: the handler is not entered
+                return self.tool_message(copied)
         if row is None:
             ask_first = tool is not None and tool.requires_approval and problem is None
             try:
@@ -383,8 +396,9 @@ class Agent:
         if self.first_attempt:  # every call of the step was made by this execution
             usage = {"input_tokens": scope.input_tokens, "output_tokens": scope.output_tokens,
                      "cost": scope.cost_usd, "calls": scope.calls}
-        else:  # earlier attempts' calls count too (replayed rounds were paid for once, then)
-            usage = LLMCall.objects.filter(step_id=self.step_id).aggregate(
+        else:  # earlier attempts' calls count too (their rounds were paid for once, then); a fork's
+            # answers copied from its source run were not paid for here (output.replay counts them)
+            usage = LLMCall.objects.filter(step_id=self.step_id, replayed_from__isnull=True).aggregate(
                 input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
                 calls=Count("id"))
         tool_calls = ([row.as_output() for row in ToolCall.objects.filter(step_id=self.step_id)]
@@ -398,4 +412,7 @@ class Agent:
         })
         if warnings:
             out["warnings"] = warnings
+        report = self.recorded.report()
+        if report is not None:
+            out["replay"] = report
         return out

@@ -232,6 +232,7 @@ class RunAdmin(admin.ModelAdmin):
                                      .values_list("name", flat=True)))
         from_step = request.POST.get("from_step", "") if request.method == "POST" else ""
         input_text = request.POST.get("input", "").strip() if request.method == "POST" else ""
+        replay = "recorded" if request.method == "POST" and request.POST.get("replay") == "recorded" else "none"
         error = ""
         if request.method == "POST":
             try:
@@ -241,7 +242,7 @@ class RunAdmin(admin.ModelAdmin):
             else:
                 try:
                     fork = services.fork_run(run.pk, from_step=from_step, run_input=run_input,
-                                             actor=f"admin:{request.user.get_username()}")
+                                             actor=f"admin:{request.user.get_username()}", replay=replay)
                 except (IllegalTransition, services.NotFound, services.StartError) as exc:
                     error = str(exc)
                 else:
@@ -251,7 +252,7 @@ class RunAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Fork run {run.pk}",
             "run": run, "reached": reached, "from_step": from_step, "input_text": input_text,
             "source_input": admin_timeline.pretty(run.input), "error": error,
-            "forkable": run.status in FORKABLE,
+            "forkable": run.status in FORKABLE, "replay": replay,
         }
         return TemplateResponse(request, "admin/runs/run/fork.html", context, status=400 if error else 200)
 
