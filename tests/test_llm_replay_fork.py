@@ -73,6 +73,10 @@ def test_a_replayed_fork_that_asks_the_same_pays_nothing_and_runs_no_tool(
     assert (tool.executions, tool.output, tool.replayed_from_id is not None) == (0, {"charged": 5}, True)
     assert ask(b)["tool_calls"][0]["replayed"] is True
     assert Run.objects.get(pk=b.pk).cost_usd == 0 and Run.objects.get(pk=a.pk).cost_usd == Decimal("0.00004")
+    drawn = StringIO()
+    call_command("show_run", str(b.pk), stdout=drawn)
+    assert "↺ agent (agent-model) · replayed from the source run's record (not asked, not charged)" in drawn.getvalue()
+    assert "⚙ charge(amount=5) (replayed from the source run's record)" in drawn.getvalue()
 
 
 def test_a_replayed_fork_goes_live_at_the_first_turn_the_source_never_answered(

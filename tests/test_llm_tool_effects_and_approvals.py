@@ -8,9 +8,11 @@ what ran."""
 from __future__ import annotations
 
 import json
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from approvals.models import Approval, ApprovalStatus
 from approvals.services import DecisionError, decide
@@ -88,6 +90,9 @@ def test_a_worker_killed_inside_an_irreversible_tool_parks_the_step_and_rerun_ru
     row.refresh_from_db()
     assert (row.status, row.executions, row.output) == (ToolCallStatus.COMPLETED, 2, {"charged": 5})
     assert [(d["kind"], d["action"], d["by"]) for d in row.decisions] == [("crash", "rerun", "alice")]
+    drawn = StringIO()
+    call_command("show_run", str(run.pk), stdout=drawn)
+    assert "⚙ charge(amount=5) (ran 2×) [decided: rerun by alice]" in drawn.getvalue()
     assert llm_server.count("agent") == 2  # round 1 replayed from the record, round 2 asked once
 
 
