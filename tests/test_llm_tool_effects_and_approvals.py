@@ -19,7 +19,7 @@ from approvals.services import DecisionError, decide
 from providers.models import ToolCall, ToolCallStatus
 from runs.definitions import DefinitionError
 from runs.models import Run, RunStatus, Workflow
-from runs.services import cancel_run, load_workflow, start_run
+from runs.services import cancel_run, load_workflow, retry_run, start_run
 from steps.models import StepExecution, StepStatus
 from tests.conftest import read_ledger, wait_for_run
 from tests.support.llm_server import (  # noqa: F401  (fixtures)
@@ -211,6 +211,33 @@ def test_cancelling_a_run_parked_on_a_tool_approval_closes_the_request(
     with pytest.raises(DecisionError):
         decide(approval.pk, user=alice, approve=True)
     assert read_ledger(ledger) == []
+
+
+def test_a_run_failed_by_a_sibling_while_parked_asks_for_the_decision_again_when_retried(
+        engine: Any, workflow: Any, llm_server: Any, ledger: Any, alice: Any) -> None:
+    make_provider(llm_server, "agent", max_retries=0)
+    llm_server.script("agent", *ONE_CHARGE)
+    workflow({"name": "guarded-retry", "steps": [{"name": "both", "type": "parallel", "branches": {
+        "agent": [{"name": "ask", "type": "llm", "provider": "agent", "tools": [{**CHARGE, "requires_approval": True}],
+                   "messages": [{"role": "user", "content": "charge"}]}],
+        "gate": [{"name": "pause", "type": "wait", "seconds": 2},
+                 {"name": "flaky", "type": "task", "handler": "test.fail_times", "config": {"times": 1}}],
+    }}]})
+    run = start_run("guarded-retry", {"ledger": str(ledger)}).run
+    first = pending_approval(run.pk, "tool_call")
+    run = wait_for_run(run.pk)
+    assert run.status == "failed"  # the sibling failed while ask was parked: its request closed
+    assert Approval.objects.get(pk=first.pk).status == ApprovalStatus.CANCELLED
+
+    retry_run(run.pk, actor="test")
+    second = wait_until(lambda: Approval.objects.filter(run_id=run.pk, status=ApprovalStatus.PENDING)
+                        .exclude(pk=first.pk).first(), timeout=30, message="a new request after the retry")
+    assert second.content == first.content
+    assert llm_server.count("agent") == 1  # the re-executed step replayed its recorded turn
+    decide(second.pk, user=alice, approve=True)
+    run = wait_for_run(run.pk)
+    assert run.status == "completed", run.error
+    assert len(entries(ledger)) == 1
 
 
 def test_effects_must_be_one_of_the_three_classes(db: Any) -> None:
