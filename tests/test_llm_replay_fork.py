@@ -9,7 +9,10 @@ from decimal import Decimal
 from io import StringIO
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 
 from providers.models import LLMCall, ToolCall
 from runs.models import Run, RunEvent
@@ -77,6 +80,11 @@ def test_a_replayed_fork_that_asks_the_same_pays_nothing_and_runs_no_tool(
     call_command("show_run", str(b.pk), stdout=drawn)
     assert "↺ agent (agent-model) · replayed from the source run's record (not asked, not charged)" in drawn.getvalue()
     assert "⚙ charge(amount=5) (replayed from the source run's record)" in drawn.getvalue()
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", password="root-pass-123"))
+    page = admin.get(reverse("admin:runs_run_change", args=[b.pk])).content.decode()
+    assert page.count("replayed from the source run (not asked, not charged)") == 2
+    assert "tool-replayed" in page
 
 
 def test_a_replayed_fork_goes_live_at_the_first_turn_the_source_never_answered(
