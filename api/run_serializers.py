@@ -103,13 +103,16 @@ class RunSerializer(serializers.ModelSerializer):
     forked_from = serializers.UUIDField(source="forked_from_id", allow_null=True,
                                         help_text="The run this one was forked from (null: not a fork).")
     forked_from_step = serializers.CharField(allow_blank=True, help_text="The step a fork ran from (\"\": not a fork).")
+    replay = serializers.CharField(allow_blank=True, help_text="A fork's replay mode: \"recorded\" (answers from the "
+                                                               "source run's record where the request matches) "
+                                                               "or \"\" (all live).")
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
     max_cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True, allow_null=True)
 
     class Meta:
         model = Run
         fields = ["id", "workflow", "version", "status", "input", "output", "error", "idempotency_key",
-                  "parent_run", "forked_from", "forked_from_step",
+                  "parent_run", "forked_from", "forked_from_step", "replay",
                   "created_by", "created_at", "started_at", "finished_at", "updated_at",
                   "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens"]
         read_only_fields = fields
@@ -170,6 +173,10 @@ class ForkSerializer(serializers.Serializer):
     from_step = StrictCharField(max_length=200, help_text="A top-level step the source run reached: "
                                                           "results of the steps before it are kept.")
     input = JSONObjectField(required=False, help_text="Changed run input (default: the source run's).")
+    replay = serializers.ChoiceField(
+        choices=["none", "recorded"], required=False, default="none",
+        help_text="recorded: model turns and tool calls that ask what the source run asked are answered from its "
+                  "record (no cost, no side effect); the first that differs goes live, and everything after it.")
 
 
 class RunEventSerializer(serializers.ModelSerializer):
@@ -201,3 +208,61 @@ class StepDetailSerializer(StepSummarySerializer):
         fields = [*StepSummarySerializer.Meta.fields, "state", "recovery_count", "attempt_history", "llm_calls",
                   "tool_calls"]
         read_only_fields = fields
+
+
+# --- diff of two runs (runs.services.diff; the view returns the service's dict as is) --------------
+
+
+@extend_schema_field(JSON_ANY)
+class AnyValueField(serializers.JSONField):
+    pass
+
+
+class DiffDifferenceSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="status, input, output, error, workflow; conversation and tool_calls "
+                                            "for llm steps")
+    path = serializers.CharField(help_text="where inside the field, e.g. `text`, `items[2].name`, "
+                                           "`round 2.answer.text`; empty: the whole field")
+    a = AnyValueField(allow_null=True)
+    b = AnyValueField(allow_null=True)
+    only = serializers.ChoiceField(choices=["a", "b"], required=False,
+                                   help_text="the key exists only in this run's value")
+
+
+class DiffSideSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    type = serializers.CharField()
+    attempts = serializers.IntegerField()
+
+
+class DiffStepSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["same", "differs", "only_a", "only_b"])
+    a = DiffSideSerializer(allow_null=True)
+    b = DiffSideSerializer(allow_null=True)
+    differences = DiffDifferenceSerializer(many=True)
+
+
+class DiffRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workflow = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    forked_from = serializers.UUIDField(allow_null=True)
+    forked_from_step = serializers.CharField(allow_null=True)
+
+
+class DiffPartSerializer(serializers.Serializer):
+    step = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["differs", "only_a", "only_b"])
+    differing = serializers.ListField(child=serializers.CharField(), help_text="the fields that differ at that step")
+
+
+class RunDiffSerializer(serializers.Serializer):
+    a = DiffRunSerializer()
+    b = DiffRunSerializer()
+    identical = serializers.BooleanField()
+    run_differences = DiffDifferenceSerializer(many=True)
+    first_difference = DiffPartSerializer(allow_null=True, help_text="the first step, in A's order, that "
+                                                                     "differs or that only one run reached")
+    steps = DiffStepSerializer(many=True)

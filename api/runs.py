@@ -33,6 +33,7 @@ from .run_serializers import (
     DefinitionFilterSerializer,
     ForkSerializer,
     RunDetailSerializer,
+    RunDiffSerializer,
     RunEventSerializer,
     RunFilterSerializer,
     RunSerializer,
@@ -219,9 +220,17 @@ class RunFork(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         forked = services.fork_run(source.pk, from_step=data["from_step"], run_input=data.get("input"),
-                                   actor=actor_of(request))
+                                   actor=actor_of(request), replay=data.get("replay", "none"))
         run = Run.objects.select_related("workflow").get(pk=forked.pk)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class RunDiff(APIView):
+    @extend_schema(operation_id="runs_diff", responses=RunDiffSerializer,
+                   summary="Two runs compared: where they first part, and per step what differs")
+    def get(self, request: Request, run_id: str, other_id: str) -> Response:
+        a, b = _run(request, run_id), _run(request, other_id)  # both in the caller's workspace
+        return Response(services.diff_runs(a.pk, b.pk))
 
 
 class RunHistory(generics.GenericAPIView):

@@ -26,12 +26,14 @@ class ApprovalSerializer(serializers.ModelSerializer):
     allowed_groups = serializers.ListField(child=serializers.CharField())
     allowed_users = serializers.ListField(child=serializers.CharField())
     status = serializers.ChoiceField(choices=ApprovalStatus.choices)
+    kind = serializers.CharField(help_text="step (an approval step), tool_call (a requires_approval tool's "
+                                           "arguments) or tool_crash (an irreversible tool call cut off by a crash)")
 
     class Meta:
         model = Approval
-        fields = ["id", "run", "workflow_name", "step_key", "status", "content", "instructions", "allowed_groups",
-                  "allowed_users", "allow_edit", "on_timeout", "requested_at", "expires_at", "decided_by_name",
-                  "decided_at", "comment", "content_edited", "edited_content"]
+        fields = ["id", "run", "workflow_name", "step_key", "kind", "status", "content", "instructions",
+                  "allowed_groups", "allowed_users", "allow_edit", "on_timeout", "requested_at", "expires_at",
+                  "decided_by_name", "decided_at", "comment", "content_edited", "edited_content"]
         read_only_fields = fields
 
 

@@ -48,6 +48,9 @@ class Approval(models.Model):
     workspace = models.ForeignKey("runs.Workspace", on_delete=models.PROTECT, related_name="approvals")
     # Denormalised for the inbox (no join to Run and Workflow on every row).
     step_key = models.CharField(max_length=255)
+    # What the decision resumes: "step" (an approval step), or a kind another app registered
+    # with approvals.services.register_kind (an llm step's tool call waiting for a decision).
+    kind = models.CharField(max_length=32, default="step")
     workflow_name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
     content = models.JSONField(null=True, blank=True, help_text="What the person reviews (rendered template).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,28 @@ class ApprovalNotFound(DecisionError, LookupError):
 class Decision:
     approval: Approval
     output: dict[str, Any]
+
+
+# Approval kinds other apps add (an llm step's tool call): kind -> resume(approval, output, who)
+# -> bool, called inside decide's transaction after the decision is written; False (the step is
+# no longer waiting) rolls the decision back. Filled from AppConfig.ready(), so approvals never
+# imports the apps above it.
+Resumer = Callable[[Approval, dict[str, Any], str], bool]
+_kinds: dict[str, Resumer] = {}
+
+
+def register_kind(kind: str, resume: Resumer) -> None:
+    _kinds[kind] = resume
+
+
+def _resume(approval: Approval, output: dict[str, Any], who: str) -> bool:
+    if approval.kind == "step":
+        return resume_waiting_step(approval.step_id, step_types.Complete(output), actor=who,
+                                   expected_type="approval")
+    resume = _kinds.get(approval.kind)
+    if resume is None:
+        raise DecisionError(f"approval #{approval.pk}: nothing resumes approvals of kind {approval.kind!r}")
+    return resume(approval, output, who)
 
 
 def may_decide(user: Any, approval: Approval, group_names: set[str] | None = None) -> tuple[bool, str]:
@@ -157,8 +180,7 @@ def decide(approval_id: Any, *, user: Any, approve: bool, comment: str = "", con
                message=f"approval #{approval.pk} {status} by {who}" + (f": {comment}" if comment else ""),
                data={"approval_id": approval.pk, "approved": approve, "comment": comment, "edited": edited,
                      "decided_at": now.isoformat()})
-        if not resume_waiting_step(approval.step_id, step_types.Complete(output), actor=who,
-                                   expected_type="approval"):
+        if not _resume(approval, output, who):
             # The step is no longer waiting (its run ended): roll the decision back.
             raise DecisionError(f"approval #{approval.pk}: its step is no longer waiting; nothing was decided")
         approval.refresh_from_db()

@@ -10,12 +10,13 @@ class ProvidersConfig(AppConfig):
         from runs import admin_timeline, dashboard, metrics
         from runs.cli import register_step_detail
         from runs.engine import tracing
+        from runs.services import register_step_differ
         from steps import types
 
         from . import dashboard as provider_dashboard
+        from . import diff, tool_decisions, transcript
         from . import metrics as provider_metrics
         from . import tracing as provider_tracing
-        from . import transcript
         from .step_type import LLMType
         from .terminal import agent_lines
 
@@ -23,6 +24,10 @@ class ProvidersConfig(AppConfig):
         metrics.register("providers", provider_metrics.families)
         dashboard.register_panel("llm-cost", provider_dashboard.cost_panel, order=30)
         tracing.register_attempt_spans("providers", provider_tracing.attempt_spans)
+        # Tool calls waiting in the approval inbox: approvals resumes them through this registry.
+        tool_decisions.register()
         # show_run draws an llm step's model turns, tool calls and fallbacks under the timeline.
         register_step_detail("llm", agent_lines)
         admin_timeline.register_step_panel("llm", transcript.render)
+        # diff_runs compares two llm steps' model conversations and tool calls too.
+        register_step_differ("llm", diff.differ)

@@ -201,6 +201,9 @@ class LLMCall(models.Model):
     output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0))
     latency_ms = models.FloatField(null=True, blank=True)
+    # A replayed fork's answer copied from the source run's record (no request was sent, nothing charged).
+    replayed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="replays")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -224,11 +227,31 @@ class LLMCall(models.Model):
 
 
 class ToolCallStatus(models.TextChoices):
-    """started -> completed | failed; a started row found by a later attempt is executed again."""
+    """One tool call::
+
+        started -> completed | failed
+        awaiting_approval -> started (approved, arguments maybe edited) | failed (rejected)
+        started -> needs_decision   (its worker died inside an irreversible tool)
+        needs_decision -> started (run it again) | completed (result recorded by hand) | failed (step failed)
+
+    A ``started`` row a later attempt finds with ``executions > 0`` and no error was cut off
+    in the middle: ``read_only`` and ``idempotent`` tools run again (same idempotency key),
+    an ``irreversible`` one waits for a person (providers.tool_decisions).
+    """
 
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    NEEDS_DECISION = "needs_decision"
+
+
+class ToolEffects(models.TextChoices):
+    """What running a tool twice does to the world (drives what a crash mid-call allows)."""
+
+    READ_ONLY = "read_only"
+    IDEMPOTENT = "idempotent"
+    IRREVERSIBLE = "irreversible"
 
 
 class ToolCall(models.Model):
@@ -240,12 +263,19 @@ class ToolCall(models.Model):
     tool = models.CharField(max_length=100)
     handler = models.CharField(max_length=200)
     arguments = models.JSONField(default=dict)
-    status = models.CharField(max_length=16, choices=ToolCallStatus.choices, default=ToolCallStatus.STARTED)
+    status = models.CharField(max_length=24, choices=ToolCallStatus.choices, default=ToolCallStatus.STARTED)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     step_attempt = models.PositiveIntegerField(default=0)
     executions = models.PositiveIntegerField(default=1, help_text="times the handler was entered")
     idempotency_key = models.CharField(max_length=400)
+    effects = models.CharField(max_length=16, choices=ToolEffects.choices, default=ToolEffects.IRREVERSIBLE)
+    # Each decision a person took about this call, in order: {"kind": "arguments" | "crash",
+    # "action", "by", "at", "approval", ...}. The approval rows hold the rest.
+    decisions = models.JSONField(default=list, blank=True)
+    # A replayed fork's result copied from the source run's record (the handler was not entered).
+    replayed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="replays")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -260,4 +290,6 @@ class ToolCall(models.Model):
 
     def as_output(self) -> dict[str, Any]:
         return {"round": self.round, "id": self.call_id, "name": self.tool, "arguments": self.arguments,
-                "status": self.status, "output": self.output, **({"error": self.error} if self.error else {})}
+                "status": self.status, "output": self.output, **({"error": self.error} if self.error else {}),
+                **({"decisions": self.decisions} if self.decisions else {}),
+                **({"replayed": True} if self.replayed_from_id else {})}

@@ -34,10 +34,12 @@ from steps import types
 from steps.handlers import PermanentError, RetryableError, StepContext, registry
 from steps.templating import render_value
 
+from . import tool_decisions
 from .chain import Answer, Scope, complete
 from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems
-from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus
+from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus, ToolEffects
 from .registry import ResolveError, resolve
+from .replay import Recorded
 from .wire import ChatRequest, ChatResult
 
 logger = logging.getLogger("stevora.llm")
@@ -71,6 +73,10 @@ class Tool:
     handler: str
     description: str
     parameters: dict[str, Any]
+    # Not declared: irreversible — the engine cannot know a handler is safe to run twice, and
+    # wrongly re-running a payment costs more than asking a person once after a crash.
+    effects: str = ToolEffects.IRREVERSIBLE
+    requires_approval: bool = False
 
 
 class LLMType(types.StepType):
@@ -91,6 +97,10 @@ class LLMType(types.StepType):
 
     def execute(self, invocation: types.Invocation) -> Any:
         return Agent(invocation).run()
+
+    def cancel(self, step: Any) -> None:
+        """The step was cancelled while parked for a tool decision: its request closes."""
+        tool_decisions.cancel_requests(step.pk)
 
     def check(self, raw: dict[str, Any], handler_exists: Any) -> list[tuple[str, str]]:
         return definition_errors(raw, handler_exists)
@@ -167,8 +177,12 @@ class Agent:
             if raw["handler"] not in registry:
                 raise PermanentError(f"tools: no handler registered under {raw['handler']!r}")
             tool = Tool(tool_name(raw), raw["handler"], raw.get("description") or "",
-                        raw.get("parameters") or {"type": "object", "properties": {}})
+                        raw.get("parameters") or {"type": "object", "properties": {}},
+                        effects=raw.get("effects") or ToolEffects.IRREVERSIBLE,
+                        requires_approval=bool(raw.get("requires_approval")))
             self.tools[tool.name] = tool
+        # A fork with replay: recorded answers from its source run's record while the requests match.
+        self.recorded = Recorded(run, step)
         self.schema = self.cfg.get("output_schema")
         self.json = self.cfg.get("response_format") == "json" or self.schema is not None
         # A previous attempt's worker died mid-request: its rows stay as evidence, marked so.
@@ -253,7 +267,7 @@ class Agent:
         digest = request.digest()
         recorded = None if self.first_attempt else (
             LLMCall.objects.filter(step_id=self.step_id, round=round_number, status=LLMCallStatus.SUCCEEDED)
-            .values("result", "provider_name", "model", "request_digest").first())
+            .values("result", "provider_name", "model", "request_digest", "replayed_from").first())
         if recorded is not None and recorded["result"] is not None:
             if recorded["request_digest"] and recorded["request_digest"] != digest:
                 # The conversation that led here differs from the recorded one (a guardrail judge
@@ -262,9 +276,13 @@ class Agent:
                 raise ReplayDiverged(
                     f"round {round_number} was answered for a different conversation than this attempt's; "
                     "the step cannot be resumed safely — start a new run")
+            self.recorded.saw_own(round_number, recorded["replayed_from"] is not None)
             result = ChatResult.from_json(recorded["result"])
             return Answer(result, recorded["provider_name"], result.model or recorded["model"],
                           [{"provider": recorded["provider_name"], "outcome": "replayed"}], replayed=True)
+        replayed = self.recorded.answer(round_number, digest, self.scope.step_attempt)
+        if replayed is not None:
+            return replayed
         self.scope.request_digest = digest
         return complete(self.route, request, self.scope, round_number)
 
@@ -281,7 +299,8 @@ class Agent:
     def run_tool(self, round_number: int, call: dict[str, Any]) -> dict[str, Any]:
         call_id, name = call["id"], call["name"]
         row = ToolCall.objects.filter(step_id=self.step_id, round=round_number, call_id=call_id).first()
-        if row is not None and row.status != ToolCallStatus.STARTED:
+        if row is not None and row.status in (ToolCallStatus.COMPLETED, ToolCallStatus.FAILED):
+            self.recorded.saw_own(round_number, row.replayed_from_id is not None)
             return self.tool_message(row)
         tool = self.tools.get(name)
         arguments = call.get("arguments")
@@ -295,21 +314,45 @@ class Agent:
             if problems:
                 problem = "invalid arguments: " + "; ".join(problems)
         key = f"{self.ctx.run_id}:{self.ctx.key}:tool:{round_number}:{call_id}"
+        if row is None and problem is None and tool is not None:
+            copied = self.recorded.tool(round_number, call_id, name, arguments, key=key, effects=tool.effects,
+                                        handler=tool.handler, step_attempt=self.scope.step_attempt)
+            if copied is not None:  # the source run's result: the handler is not entered
+                return self.tool_message(copied)
         if row is None:
+            ask_first = tool is not None and tool.requires_approval and problem is None
             try:
                 row = ToolCall.objects.create(
                     step_id=self.step_id, round=round_number, call_id=call_id, tool=name,
                     handler=tool.handler if tool else "", arguments=arguments if arguments is not None else {},
-                    step_attempt=self.scope.step_attempt, idempotency_key=key, executions=0)
+                    step_attempt=self.scope.step_attempt, idempotency_key=key, executions=0,
+                    effects=tool.effects if tool else ToolEffects.READ_ONLY,
+                    status=ToolCallStatus.AWAITING_APPROVAL if ask_first else ToolCallStatus.STARTED)
             except IntegrityError:  # a concurrent attempt of this step got here first
                 row = ToolCall.objects.get(step_id=self.step_id, round=round_number, call_id=call_id)
-                if row.status != ToolCallStatus.STARTED:
+                if row.status in (ToolCallStatus.COMPLETED, ToolCallStatus.FAILED):
                     return self.tool_message(row)
         if problem is not None or tool is None:
             self._finish_tool(row, ToolCallStatus.FAILED, error=problem or "unknown tool")
             return self.tool_message(row)
-        # At-least-once: a row still ``started`` (its worker died mid-tool) runs again, with the same key.
-        ToolCall.objects.filter(pk=row.pk).update(executions=F("executions") + 1, step_attempt=self.scope.step_attempt)
+        if row.status == ToolCallStatus.AWAITING_APPROVAL:
+            raise tool_decisions.park(self.inv, row, tool_decisions.TOOL_CALL)
+        if row.status == ToolCallStatus.NEEDS_DECISION:
+            raise tool_decisions.park(self.inv, row, tool_decisions.TOOL_CRASH)
+        if tool_decisions.cut_off(row):
+            # Its worker died inside the tool: did it take effect? Only the tool's effects class knows.
+            if row.effects == ToolEffects.IRREVERSIBLE:
+                ToolCall.objects.filter(pk=row.pk, status=ToolCallStatus.STARTED).update(
+                    status=ToolCallStatus.NEEDS_DECISION)
+                row.status = ToolCallStatus.NEEDS_DECISION
+                raise tool_decisions.park(self.inv, row, tool_decisions.TOOL_CRASH)
+            self.ctx.log.warning("tool %s (%s) was cut off by a crash; running it again with key %s",
+                                 row.tool, row.effects, row.idempotency_key)
+        # An approved call runs with the arguments the person approved (maybe edited).
+        arguments = row.arguments
+        # At-least-once for read_only/idempotent tools: a row still ``started`` runs again, with the same key.
+        ToolCall.objects.filter(pk=row.pk).update(executions=F("executions") + 1, step_attempt=self.scope.step_attempt,
+                                                  error="")
         ctx = StepContext(
             run_id=self.ctx.run_id, step=self.ctx.step, key=self.ctx.key, attempt=self.ctx.attempt,
             idempotency_key=key, step_idempotency_key=self.ctx.step_idempotency_key, input=self.ctx.input,
@@ -353,8 +396,9 @@ class Agent:
         if self.first_attempt:  # every call of the step was made by this execution
             usage = {"input_tokens": scope.input_tokens, "output_tokens": scope.output_tokens,
                      "cost": scope.cost_usd, "calls": scope.calls}
-        else:  # earlier attempts' calls count too (replayed rounds were paid for once, then)
-            usage = LLMCall.objects.filter(step_id=self.step_id).aggregate(
+        else:  # earlier attempts' calls count too (their rounds were paid for once, then); a fork's
+            # answers copied from its source run were not paid for here (output.replay counts them)
+            usage = LLMCall.objects.filter(step_id=self.step_id, replayed_from__isnull=True).aggregate(
                 input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
                 calls=Count("id"))
         tool_calls = ([row.as_output() for row in ToolCall.objects.filter(step_id=self.step_id)]
@@ -368,4 +412,7 @@ class Agent:
         })
         if warnings:
             out["warnings"] = warnings
+        report = self.recorded.report()
+        if report is not None:
+            out["replay"] = report
         return out

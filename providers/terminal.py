@@ -60,6 +60,12 @@ def _round_lines(number: int, calls: list[LLMCall]) -> list[str]:
         who = f"{call.provider_name} ({call.model})"
         if call.try_number > 1:
             who += f" try {call.try_number}"
+        if call.status == LLMCallStatus.SUCCEEDED and call.replayed_from_id:
+            lines.append(f"{prefix}↺ {who} · replayed from the source run's record (not asked, not charged)")
+            said = _answer(call.result)
+            if said:
+                lines.append(f"{pad}    {said}")
+            continue
         if call.status == LLMCallStatus.SUCCEEDED:
             lines.append(f"{prefix}✔ {who} · {call.input_tokens} in + {call.output_tokens} out tokens · "
                          f"{_usd(call.cost_usd)}{_latency(call)}")
@@ -85,8 +91,17 @@ def _tool_lines(tools: list[ToolCall]) -> list[str]:
         args = ", ".join(f"{key}={_json(value)}" for key, value in (tool.arguments or {}).items()) \
             if isinstance(tool.arguments, dict) else _json(tool.arguments)
         ran = f" (ran {tool.executions}×)" if tool.executions > 1 else ""
+        if tool.replayed_from_id:
+            ran = " (replayed from the source run's record)"
+        decided = "; ".join(f"{d.get('action')} by {d.get('by')}" for d in tool.decisions or [])
+        if decided:
+            ran += f" [decided: {decided}]"
         call = f"⚙ {tool.tool}({shorten(args, TEXT_LIMIT)}){ran}"
-        if tool.status == ToolCallStatus.COMPLETED:
+        if tool.status == ToolCallStatus.AWAITING_APPROVAL:
+            result = "⏸ waiting for approval of its arguments"
+        elif tool.status == ToolCallStatus.NEEDS_DECISION:
+            result = "⏸ cut off by a crash (irreversible): waiting for a decision"
+        elif tool.status == ToolCallStatus.COMPLETED:
             result = "→ " + shorten(_json(tool.output), TEXT_LIMIT)
         elif tool.status == ToolCallStatus.FAILED:
             result = "✘ " + shorten(tool.error or "failed", TEXT_LIMIT)

@@ -48,6 +48,9 @@ class ToolView:
     result: str
     error: str
     executions: int
+    effects: str = ""
+    replayed: bool = False
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Turn:
     failed: list[CallView] = field(default_factory=list)
     tools: list[ToolView] = field(default_factory=list)
     answered: bool = True
+    replayed: bool = False  # a replayed fork's answer, copied from the source run's record
 
 
 def _pretty(value: Any) -> str:
@@ -128,12 +132,14 @@ def build(step: StepExecution) -> list[Turn]:
             turn.provider, turn.model = answer.provider_name, answer.model
             turn.input_tokens, turn.output_tokens = answer.input_tokens, answer.output_tokens
             turn.cost_usd, turn.latency_ms, turn.step_attempt = answer.cost_usd, answer.latency_ms, answer.step_attempt
+            turn.replayed = answer.replayed_from_id is not None
             # Providers of this attempt that were tried first and did not answer: a fallback.
             tried = [c.provider_name for c in calls if c.step_attempt == answer.step_attempt and c.pk < answer.pk]
             turn.fallback_from = [p for p in dict.fromkeys(tried) if p != answer.provider_name]
         for tool in tools_by_round.get(round_number, []):
             turn.tools.append(ToolView(tool.call_id, tool.tool, tool.handler, _pretty(tool.arguments), tool.status,
-                                       _pretty(tool.output), tool.error, tool.executions))
+                                       _pretty(tool.output), tool.error, tool.executions, tool.effects,
+                                       tool.replayed_from_id is not None, list(tool.decisions or [])))
         turns.append(turn)
     return turns
 

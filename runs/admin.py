@@ -174,6 +174,7 @@ class RunAdmin(admin.ModelAdmin):
                  name="runs_run_control"),
             path("<uuid:object_id>/fork/", self.admin_site.admin_view(self.fork_view), name="runs_run_fork"),
             path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="runs_dashboard"),
+            path("<uuid:object_id>/diff/", self.admin_site.admin_view(self.diff_view), name="runs_run_diff"),
         ]
         return custom + super().get_urls()
 
@@ -244,6 +245,7 @@ class RunAdmin(admin.ModelAdmin):
                                      .values_list("name", flat=True)))
         from_step = request.POST.get("from_step", "") if request.method == "POST" else ""
         input_text = request.POST.get("input", "").strip() if request.method == "POST" else ""
+        replay = "recorded" if request.method == "POST" and request.POST.get("replay") == "recorded" else "none"
         error = ""
         if request.method == "POST":
             try:
@@ -253,7 +255,7 @@ class RunAdmin(admin.ModelAdmin):
             else:
                 try:
                     fork = services.fork_run(run.pk, from_step=from_step, run_input=run_input,
-                                             actor=f"admin:{request.user.get_username()}")
+                                             actor=f"admin:{request.user.get_username()}", replay=replay)
                 except (IllegalTransition, services.NotFound, services.StartError) as exc:
                     error = str(exc)
                 else:
@@ -263,9 +265,37 @@ class RunAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Fork run {run.pk}",
             "run": run, "reached": reached, "from_step": from_step, "input_text": input_text,
             "source_input": admin_timeline.pretty(run.input), "error": error,
-            "forkable": run.status in FORKABLE,
+            "forkable": run.status in FORKABLE, "replay": replay,
         }
         return TemplateResponse(request, "admin/runs/run/fork.html", context, status=400 if error else 200)
+
+    def diff_view(self, request: HttpRequest, object_id: uuid.UUID) -> HttpResponse:
+        """GET ?other=RUN_ID: ``services.diff_runs`` drawn as a table, where the runs part first."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        run = get_object_or_404(Run, pk=object_id)
+        if not self.has_view_or_change_permission(request, run):
+            raise PermissionDenied
+        other_id = request.GET.get("other", "").strip()
+        diff, error = None, ""
+        try:
+            other = Run.objects.get(pk=other_id)
+        except (Run.DoesNotExist, ValueError, ValidationError):
+            error = f"other: no run with id {other_id!r}" if other_id else "other: name the run to compare with"
+        else:
+            if not self.has_view_or_change_permission(request, other):
+                raise PermissionDenied
+            diff = services.diff_runs(run.pk, other.pk)
+            for step in diff["steps"]:
+                for d in step["differences"]:
+                    d["a_text"], d["b_text"] = admin_timeline.pretty(d["a"]), admin_timeline.pretty(d["b"])
+            for d in diff["run_differences"]:
+                d["a_text"], d["b_text"] = admin_timeline.pretty(d["a"]), admin_timeline.pretty(d["b"])
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": f"Diff of run {run.pk}",
+            "run": run, "other_id": other_id, "diff": diff, "error": error,
+        }
+        return TemplateResponse(request, "admin/runs/run/diff.html", context, status=400 if error else 200)
 
     def control_view(self, request: HttpRequest, object_id: uuid.UUID, action: str) -> HttpResponse:
         if request.method != "POST":

@@ -224,3 +224,45 @@ def _indent(row: StepExecution) -> str:
         seen += 1
         parent_id = StepExecution.objects.filter(pk=parent_id).values_list("parent_id", flat=True).first()
     return "  " * depth
+
+
+DIFF_MARK = {"same": "=", "differs": "≠", "only_a": "<", "only_b": ">"}
+
+
+def _short_json(value: Any, limit: int = 70) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return shorten(text, limit)
+
+
+def draw_diff(diff: dict[str, Any]) -> str:
+    """``diff_runs A B``: both runs, where they first part, then per step what differs."""
+    a, b = diff["a"], diff["b"]
+    lines = [f"A  {a['id']}  {a['workflow']} v{a['version']}  {a['status']}",
+             f"B  {b['id']}  {b['workflow']} v{b['version']}  {b['status']}"]
+    parted = diff["first_difference"]
+    if diff["identical"]:
+        lines.append("the two runs are the same: every step has the same status, input and output")
+    elif parted is None:
+        lines.append("every step is the same; the runs differ only in:")
+    else:
+        what = {"only_a": "only A reached it", "only_b": "only B reached it"}.get(
+            parted["outcome"], "differs in " + ", ".join(parted["differing"]))
+        lines.append(f"the runs part at step {parted['step']}: {what}")
+    for d in diff["run_differences"]:
+        where = d["field"] + (f".{d['path']}" if d["path"] else "")
+        lines.append(f"  run {where}: {_short_json(d['a'])} → {_short_json(d['b'])}")
+    lines.append("")
+    width = max((len(s["key"]) for s in diff["steps"]), default=4)
+    for step in diff["steps"]:
+        side_a = step["a"]["status"] if step["a"] else "—"
+        side_b = step["b"]["status"] if step["b"] else "—"
+        status = side_a if side_a == side_b else f"{side_a} | {side_b}"
+        note = {"same": "same", "only_a": "only in A", "only_b": "only in B"}.get(
+            step["outcome"], ", ".join(sorted({d["field"] for d in step["differences"]})) + " differ")
+        lines.append(f"{DIFF_MARK[step['outcome']]} {step['key'].ljust(width)}  {status.ljust(20)} {note}")
+        for d in step["differences"]:
+            if d["field"] == "status":
+                continue
+            where = d["field"] + (f".{d['path']}" if d["path"] else "")
+            lines.append(f"    {where}: {_short_json(d['a'])} → {_short_json(d['b'])}")
+    return "\n".join(lines) + "\n"

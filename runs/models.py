@@ -111,6 +111,9 @@ class Run(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
     )
     forked_from_step = models.CharField(max_length=200, blank=True, default="")
+    # A fork's "replay: recorded": model turns and tool calls whose request matches the source
+    # run's record are answered from it (providers.replay); "" runs everything live.
+    replay = models.CharField(max_length=16, blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -36,12 +36,16 @@ class ToolCallSerializer(serializers.Serializer):
     tool = serializers.CharField()
     handler = serializers.CharField(allow_blank=True)
     arguments = serializers.JSONField()
-    status = serializers.CharField(help_text="started, completed or failed.")
+    status = serializers.CharField(help_text="started, completed, failed, awaiting_approval (a requires_approval "
+                                             "tool waiting for its decision) or needs_decision (an irreversible "
+                                             "call cut off by a crash).")
     output = serializers.JSONField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
     executions = serializers.IntegerField(help_text="How many times the handler was entered (more than 1: a "
                                                     "worker died or the step retried while the tool ran).")
     step_attempt = serializers.IntegerField(help_text="The step attempt that last ran it.")
     idempotency_key = serializers.CharField()
+    effects = serializers.CharField(help_text="read_only, idempotent or irreversible, as the tool declared it.")
+    decisions = serializers.JSONField(help_text="What people decided about this call, in order.")
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)

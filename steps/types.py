@@ -48,6 +48,26 @@ class Fail:
 Outcome = Complete | Wait | Fail
 
 
+class Park(Exception):  # noqa: N818 (an outcome raised from deep inside a work type, not an error)
+    """Raised by a work type's ``execute``: park the step as ``waiting`` until someone decides.
+
+    The worker is given back at once (the run holds nothing while it waits). A decision
+    puts the step back to ``ready`` (``runs.services.requeue_waiting_step``) — it is then
+    executed again and reads the decision from its own rows — or fails it
+    (``runs.services.resume_waiting_step`` with ``Fail``). ``before_commit`` runs inside
+    the engine's transaction, after the fenced update made the step waiting: what the
+    decision is about (an approval request) exists exactly when the step is parked.
+    """
+
+    def __init__(self, reason: str, *, state: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                 before_commit: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state or {}
+        self.data = data or {}
+        self.before_commit = before_commit
+
+
 @dataclass
 class Invocation:
     """Everything a work type needs to execute one attempt."""

@@ -32,6 +32,7 @@ api_v1 = [
     path(RUN + "retry/", runs_api.RunRetry.as_view(), name="run-retry"),
     path(RUN + "fork/", runs_api.RunFork.as_view(), name="run-fork"),
     path(RUN + "history/", runs_api.RunHistory.as_view(), name="run-history"),
+    path(RUN + "diff/<uuid:other_id>/", runs_api.RunDiff.as_view(), name="run-diff"),
     path(RUN + "cost/", RunCost.as_view(), name="run-cost"),
     re_path(r"^runs/(?P<run_id>[0-9a-f-]{36})/steps/(?P<step_key>[^/]+)/$", runs_api.StepDetail.as_view(),
             name="step"),

@@ -39,3 +39,20 @@ def refuse(ctx: StepContext) -> None:
 def no_apology(ctx: StepContext) -> dict[str, Any]:
     text = (ctx.config or {}).get("text") or ""
     return {"ok": "sorry" not in text.lower(), "reason": "the answer apologises"}
+
+
+@handler("test.tool.charge")
+def charge(ctx: StepContext) -> dict[str, Any]:
+    """A side effect counted on entry: ``enter <args> <key>`` before the sleep (first entry only), ``done <key>``
+    after."""
+    args = ctx.config or {}
+    if ctx.input.get("ledger"):
+        _append(ctx.input["ledger"], f"enter {json.dumps(args, sort_keys=True)} {ctx.idempotency_key}")
+    if ctx.input.get("tool_sleep"):
+        with open(ctx.input["ledger"]) as f:  # only the first entry sleeps (the one a test kills)
+            entries = sum(1 for line in f if line.startswith("enter ") and line.rstrip().endswith(ctx.idempotency_key))
+        if entries <= 1:
+            time.sleep(float(ctx.input["tool_sleep"]))
+    if ctx.input.get("ledger"):
+        _append(ctx.input["ledger"], f"done {ctx.idempotency_key}")
+    return {"charged": args.get("amount")}

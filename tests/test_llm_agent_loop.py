@@ -148,7 +148,8 @@ def test_a_tool_call_whose_worker_died_during_the_tool_runs_again_with_the_same_
         {"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"query": "slow"}}]},
         {"text": "done"},
     )
-    workflow(llm_workflow("agent-kill-tool", provider="agent", tools=TOOLS))
+    # A lookup declared idempotent: cut off by a crash, it runs again (an irreversible one would park).
+    workflow(llm_workflow("agent-kill-tool", provider="agent", tools=[{**TOOLS[0], "effects": "idempotent"}]))
     worker = fresh_engine()
     run = start_run("agent-kill-tool", {"ledger": str(ledger), "tool_sleep": 3}).run
     wait_until(lambda: ToolCall.objects.filter(call_id="c1", executions=1).exists(), timeout=30,

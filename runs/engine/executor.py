@@ -229,6 +229,12 @@ def _execute_and_commit(row: StepExecution) -> StepExecution | None:
             json.dumps(output, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NotJSONSerializable(f"handler output is not JSON-serialisable: {exc}") from None
+    except step_types.Park as park:
+        try:
+            commit_park(row, park, owner, rendered=rendered)
+            return None
+        except Exception as exc:  # the park's own writes failed: an ordinary failed attempt
+            return commit_failure(row, spec, wf, exc, owner, rendered=rendered)
     except Exception as exc:
         return _committing(partial(commit_failure, row, spec, wf, exc, owner, rendered=rendered))
     finally:
@@ -314,6 +320,25 @@ def _attempt_data(row: StepExecution, owner: str, now: Any) -> dict[str, Any]:
         "started_at": started.isoformat() if started else None,
         "duration_ms": round((now - started).total_seconds() * 1000, 3) if started else None,
     }
+
+
+def commit_park(row: StepExecution, park: step_types.Park, owner: str, *, rendered: Any = None) -> None:
+    """A work step asked for a decision: fenced running -> waiting, holding no worker."""
+    with transaction.atomic():
+        run = t.lock_run(row.run_id)
+        state = {**row.state, **park.state}
+        if _fence(row, owner).update(status=StepStatus.WAITING, state=state, input=rendered, wake_at=None,
+                                     lease_owner="", lease_until=None) != 1:
+            logger.warning("step %s attempt %s lost its lease; park discarded", row.key, row.attempt)
+            return
+        row.status, row.state = StepStatus.WAITING, state
+        if park.before_commit is not None:
+            park.before_commit()
+        fx = Effects()
+        fx.event(run.pk, "step_waiting", row.key, message=park.reason,
+                 data={**park.data, "parked": True, "attempt": row.attempt, "worker": owner})
+        t.refresh_run_status(run, fx)
+        fx.flush()
 
 
 def is_retryable(exc: BaseException, policy: RetryPolicy) -> bool:

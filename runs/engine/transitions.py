@@ -376,7 +376,8 @@ def cancel_open_steps(run: Run, fx: Effects, *, parent: StepExecution | None = N
     t = now()
     for step_id, _key, status, type_name, state in rows:
         step_type = step_types.get(type_name)
-        if status == StepStatus.WAITING and step_type is not None and not step_type.work:
+        # Work types park too (an llm step waiting for a tool decision): each closes its own requests.
+        if status == StepStatus.WAITING and step_type is not None:
             step_type.cancel(StepExecution(pk=step_id, run_id=run.pk, type=type_name, state=state, status=status))
         if type_name == "workflow" and state.get("child_run"):
             fx.after_commit.append(_cancel_child_later(state["child_run"], reason))

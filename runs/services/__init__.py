@@ -4,21 +4,23 @@ Management commands, admin actions and API views call these functions and nothin
 else; each owns its transaction and its checks, and raises a clear error instead of
 half-writing anything. By job: ``definitions`` (loading), ``starting``, ``control``
 (cancel, pause, resume), ``retry``, ``fork``, ``waiting`` (resuming a waiting step),
-``retention`` (purging finished runs).
+``retention`` (purging finished runs), ``diff`` (two runs compared).
 """
 
 from runs.errors import NotFound, StartError
 
 from .control import cancel_run, get_run, pause_run, resume_run
 from .definitions import LoadResult, definition_files, load_workflow, load_workflow_text
+from .diff import diff_runs, register_step_differ
 from .fork import fork_run
 from .retention import PurgeReport, purge_runs, register_purger
 from .retry import retry_run
 from .starting import StartResult, resolve_workflow, start_run
-from .waiting import resume_waiting_step
+from .waiting import requeue_waiting_step, resume_waiting_step
 
 __all__ = [
     "LoadResult", "NotFound", "PurgeReport", "StartError", "StartResult", "cancel_run", "definition_files",
-    "fork_run", "get_run", "load_workflow", "load_workflow_text", "pause_run", "purge_runs", "register_purger",
+    "diff_runs", "fork_run", "get_run", "load_workflow", "load_workflow_text", "pause_run", "purge_runs",
+    "register_purger", "register_step_differ", "requeue_waiting_step",
     "resolve_workflow", "resume_run", "resume_waiting_step", "retry_run", "start_run",
 ]

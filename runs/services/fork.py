@@ -15,8 +15,10 @@ from steps.models import StepExecution, StepStatus
 
 from .control import get_run
 
+REPLAY_MODES = ("none", "recorded")
 
-def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str = "") -> Run:
+
+def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str = "", replay: str = "none") -> Run:
     """A new run of the same workflow version that keeps the results before ``from_step``.
 
     The steps the source run completed (or skipped) before it first reached
@@ -25,6 +27,10 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
     optionally with a changed input (the copied outputs stay as they were). The new
     run's history names its source. ``from_step`` must be a top-level step the source
     run reached. A run still moving (pending, running, waiting) is refused: pause or cancel it first.
+
+    ``replay="recorded"``: in the steps that run again, model turns and tool calls whose request
+    matches the source run's record are answered from that record (no cost, no side effect);
+    the first that differs goes live, and everything after it (docs/llm.md, "What-if replays").
     """
     source = get_run(run_id)
     if source.status not in (*RUN_TERMINAL, RunStatus.PAUSED):
@@ -43,6 +49,8 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
         if first is None:
             errors.append(("from_step", f"run {source.pk} never reached step {from_step!r}; "
                                         "fork from a step it reached"))
+    if replay not in REPLAY_MODES:
+        errors.append(("replay", f"{replay!r} is not one of: {', '.join(REPLAY_MODES)}"))
     new_input = source.input if run_input is None else run_input
     if run_input is not None:
         errors.extend(input_errors(wf, new_input))
@@ -58,7 +66,7 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
             workspace_id=source.workspace_id, workflow=source.workflow, workflow_name=source.workflow_name,
             status=RunStatus.RUNNING, input=new_input, created_by=actor, started_at=now,
             max_cost_usd=source.max_cost_usd, max_tokens=source.max_tokens,
-            forked_from=source, forked_from_step=from_step,
+            forked_from=source, forked_from_step=from_step, replay="" if replay == "none" else replay,
         )
         run.workflow = source.workflow
         fx.event(source.pk, "fork_created", actor=actor, message=f"forked as run {run.pk} from step {from_step!r}",
@@ -68,7 +76,7 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
                        "forked_from": str(source.pk), "from_step": from_step})
         fx.event(run.pk, "run_forked", actor=actor,
                  message=f"forked from run {source.pk} at step {from_step!r}; {len(copied)} step(s) kept",
-                 data={"source_run": str(source.pk), "from_step": from_step,
+                 data={"source_run": str(source.pk), "from_step": from_step, "replay": replay,
                        "input_changed": run_input is not None, "kept": [row.key for row in copied]})
         new_ids: dict[int, int] = {}
         for row in copied:

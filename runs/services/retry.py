@@ -116,7 +116,9 @@ def _reopen_chain(run: Run, row: StepExecution, fx: Effects) -> None:
 
 def _restore(run: Run, row: StepExecution, previous: str, fx: Effects, *, reset_failures: bool = False) -> None:
     now = t.now()
-    status = StepStatus.READY if previous in (StepStatus.READY, StepStatus.RUNNING) else previous
+    # A parked work step (waiting for a decision) runs again: it asks for its decision afresh.
+    parked_work = previous == StepStatus.WAITING and step_types.is_work(row.type)
+    status = StepStatus.READY if previous in (StepStatus.READY, StepStatus.RUNNING) or parked_work else previous
     fields: dict[str, Any] = {"status": status, "finished_at": None, "lease_owner": "", "lease_until": None,
                               "not_before": None}
     if reset_failures:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from runs.engine import transitions as t
+from runs.engine.dispatch import can_publish
 from runs.engine.effects import Effects
 from runs.errors import NotFound
 from runs.models import RunStatus
@@ -35,6 +36,42 @@ def resume_waiting_step(step_id: int, outcome: step_types.Outcome, *, actor: str
         if actor:
             effects.event(run.pk, "step_resumed", row.key, actor=actor)
         t.apply_outcome(run, wf, t.spec_of(wf, row), row, outcome, effects, from_status=StepStatus.WAITING)
+        t.refresh_run_status(run, effects)
+        if own_fx:
+            effects.flush()
+    return True
+
+
+def requeue_waiting_step(step_id: int, *, actor: str = "", reason: str = "", expected_type: str | None = None,
+                         fx: Effects | None = None) -> bool:
+    """Put a parked *work* step (waiting for a decision) back to ``ready``: it runs again.
+
+    The decision itself lives in the caller's rows (the step reads it when it runs).
+    Returns False when the step is no longer waiting or its run ended. Call it inside
+    your own transaction to make your change and the requeue one.
+    """
+    with transaction.atomic():
+        run_id = StepExecution.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
+        if run_id is None:
+            raise NotFound(f"no step execution {step_id}")
+        run = t.lock_run(run_id)
+        row = StepExecution.objects.get(pk=step_id)
+        if row.status != StepStatus.WAITING or not step_types.is_work(row.type) or (
+                expected_type and row.type != expected_type):
+            return False
+        if run.status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+            return False
+        own_fx = fx is None
+        effects = fx or Effects()
+        now = t.now()
+        publish = can_publish()
+        if StepExecution.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(
+                status=StepStatus.READY, wake_at=None, not_before=None, ready_at=now,
+                dispatched_at=now if publish and run.status != RunStatus.PAUSED else None) != 1:
+            return False
+        effects.event(run.pk, "step_resumed", row.key, actor=actor, message=reason, data={"requeued": True})
+        if run.status != RunStatus.PAUSED:
+            effects.dispatch.append(row.pk)
         t.refresh_run_status(run, effects)
         if own_fx:
             effects.flush()

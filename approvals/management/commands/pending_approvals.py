@@ -40,7 +40,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps([{
                 "id": a.pk, "run": str(a.run_id), "workflow": a.workflow_name, "step": a.step_key,
-                "requested_at": a.requested_at.isoformat(),
+                "kind": a.kind, "requested_at": a.requested_at.isoformat(),
                 "expires_at": a.expires_at.isoformat() if a.expires_at else None,
                 "approvers": {"groups": a.allowed_groups, "users": a.allowed_users},
                 "instructions": a.instructions, "content": a.content,
@@ -55,7 +55,8 @@ class Command(BaseCommand):
             expires = "never" if a.expires_at is None else (
                 _fmt_seconds((a.expires_at - now).total_seconds()) if a.expires_at > now else "expired")
             who = ", ".join([*(f"@{g}" for g in a.allowed_groups), *a.allowed_users]) or "anyone allowed"
-            table.append([str(a.pk), f"{a.workflow_name} / {a.step_key}", str(a.run_id),
+            what = f"{a.workflow_name} / {a.step_key}" + ("" if a.kind == "step" else f" ({a.kind})")
+            table.append([str(a.pk), what, str(a.run_id),
                           _fmt_seconds((now - a.requested_at).total_seconds()), expires, who])
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for row in table:

@@ -21,6 +21,10 @@ class Command(BaseCommand):
                             help="a top-level step the source run reached: it and the steps after it run again")
         parser.add_argument("--input", default=None, metavar="JSON",
                             help="the fork's run input as a JSON object (default: the source run's input)")
+        parser.add_argument("--replay", choices=["none", "recorded"], default="none",
+                            help="recorded: model turns and tool calls that ask what the source run asked are "
+                                 "answered from its record (no cost, no side effect); the first that differs "
+                                 "goes live, and everything after it (default: none, all live)")
         parser.add_argument("--as", dest="actor", default="cli",
                             help="who is acting, recorded in both runs' history (default: cli)")
 
@@ -28,7 +32,7 @@ class Command(BaseCommand):
         run_input = parse_json_arg(options["input"], "--input") if options["input"] is not None else None
         try:
             fork = fork_run(options["run_id"], from_step=options["from_step"], run_input=run_input,
-                            actor=options["actor"])
+                            actor=options["actor"], replay=options["replay"])
         except (NotFound, IllegalTransition, StartError) as exc:
             raise CommandError(str(exc)) from None
         self.stderr.write(f"forked run {options['run_id']} at step {options['from_step']!r}")
