@@ -9,7 +9,7 @@ from django.urls import include, path, re_path
 
 from api import runs as runs_api
 from api.urls import urlpatterns as api_pages
-from approvals.api import ApprovalDecide, ApprovalList
+from approvals.api import ApprovalBulkDecide, ApprovalDecide, ApprovalList
 from events.api import EventDeliver
 from providers.api import CostSummary, RunCost
 
@@ -35,6 +35,7 @@ api_v1 = [
             name="step"),
     path("events/", EventDeliver.as_view(), name="events"),
     path("approvals/", ApprovalList.as_view(), name="approvals"),
+    path("approvals/decide/", ApprovalBulkDecide.as_view(), name="approvals-decide-many"),
     path("approvals/<int:approval_id>/decide/", ApprovalDecide.as_view(), name="approval-decide"),
     path("cost/", CostSummary.as_view(), name="cost"),
 ]
