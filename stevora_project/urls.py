@@ -23,6 +23,7 @@ api_v1 = [
     path("definitions/<str:name>/versions/<int:version>/", runs_api.DefinitionVersion.as_view(),
          name="definition-version"),
     path("runs/", runs_api.RunListCreate.as_view(), name="runs"),
+    path("runs/batch/", runs_api.RunBatchStart.as_view(), name="runs-batch"),
     path(RUN, runs_api.RunDetail.as_view(), name="run"),
     path(RUN + "cancel/", runs_api.RunCancel.as_view(), name="run-cancel"),
     path(RUN + "pause/", runs_api.RunPause.as_view(), name="run-pause"),
