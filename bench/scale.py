@@ -3,7 +3,7 @@
 Usage (PostgreSQL and Redis on 127.0.0.1; a scratch database, never a shared one —
 the script migrates it and EMPTIES its run tables):
 
-    .venv/bin/python bench/scale.py [--parked 5000] [--batch 10000] [--workers 2] \\
+    .venv/bin/python bench/scale.py [--parked 2000] [--batch 10000] [--workers 2] \\
         [--database-url postgres://postgres@127.0.0.1:5432/stevora_bench] [--broker-url redis://127.0.0.1:6379/7]
 
 Prints one table per phase:
@@ -286,7 +286,7 @@ def decisions(people: dict[str, Any], chunk: int) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parked", type=int, default=5000, help="runs parked on an approval [5000]")
+    parser.add_argument("--parked", type=int, default=2000, help="runs parked on an approval [2000]")
     parser.add_argument("--batch", type=int, default=10000, help="runs started by the batch-start phase [10000]")
     parser.add_argument("--chunk", type=int, default=500, help="decide_many chunk (one transaction each) [500]")
     parser.add_argument("--workers", type=int, default=2, help="Celery prefork workers (-c 1) for phase 4 [2]")
