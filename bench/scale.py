@@ -8,10 +8,12 @@ the script migrates it and EMPTIES its run tables):
 
 Prints one table per phase:
 
-1. parking N runs on an approval (``start_runs`` in batches of 1,000; 1 % of them for
-   a ``legal`` group only): starts/s, and the database size per parked run;
-2. list pages with N pending: ``GET /api/v1/approvals/`` (first page, the 20th page, as a
-   reviewer, as a member of ``legal`` who may decide only 1 %, as a superuser),
+1. parking N runs on an approval (``start_runs`` in batches of 1,000; 99 % for the group
+   ``reviewers``, 1 % for the group ``legal``): starts/s, and the database size per parked run;
+2. list pages with N pending (and with ``--pending-rows`` more, copied as rows, e.g.
+   100,000): ``GET /api/v1/approvals/`` (first page, the 20th page, as a
+   reviewer, as a member of ``legal`` who may decide only 1 % — the sparse case, where
+   the query reads past many rows it may not show — as a superuser),
    ``manage.py pending_approvals`` (the default 200 rows, ``--as``), the admin inbox;
 3. batch starts of a one-step no-op workflow with no worker running: ``start_runs``
    (service, batches of 1,000), ``POST /api/v1/runs/batch/``, against ``start_run`` one
@@ -121,7 +123,8 @@ def api_client(user: Any) -> Any:
 def park(n: int) -> list[tuple[str, str]]:
     from runs.services import BatchItem, load_workflow, start_run, start_runs
 
-    for name, approvers in (("scale-parked", {}), ("scale-legal", {"approvers": {"groups": ["legal"]}})):
+    for name, approvers in (("scale-parked", {"approvers": {"groups": ["reviewers"]}}),
+                            ("scale-legal", {"approvers": {"groups": ["legal"]}})):
         load_workflow({"name": name, "steps": [
             {"name": "ok", "type": "approval", "content": {"n": "{{ input.n }}"}, **approvers},
             {"name": "after", "type": "task", "handler": "bench.noop"},
@@ -143,13 +146,54 @@ def park(n: int) -> list[tuple[str, str]]:
     vacuum()
     size = relation_bytes() - before
     return [
-        ("parked runs", f"{n + sample:,} ({legal:,} for group legal only)"),
+        ("parked runs", f"{n + sample:,} ({legal:,} for group legal, the rest for group reviewers)"),
         ("start_runs, batches of 1,000", f"{batch_s:.2f} s, {n / batch_s:,.0f} runs/s"),
         (f"start_run one at a time ({sample})",
          f"{single_s / sample * 1000:.2f} ms each, {sample / single_s:,.0f} runs/s"),
         ("database size per parked run", f"{size / (n + sample):,.0f} bytes (runs, steps, history, approvals; "
                                          f"tables and indexes)"),
     ]
+
+
+def fill(n: int) -> None:
+    """N more pending approvals, as rows: copies of a parked run's run, waiting step and
+    approval (1 % of the ``legal`` one), inserted 5,000 at a time. Only the list pages
+    are measured on them; ``unfill`` deletes them before anything decides."""
+    import uuid
+
+    from approvals.models import Approval
+    from runs.models import Run
+    from steps.models import StepExecution
+
+    templates = {}
+    for name in ("scale-parked", "scale-legal"):
+        approval = Approval.objects.filter(workflow_name=name, status="pending").select_related("run", "step").first()
+        assert approval is not None
+        templates[name] = approval
+    for start in range(0, n, 5000):
+        runs, steps, approvals = [], [], []
+        for i in range(start, min(start + 5000, n)):
+            t = templates["scale-legal" if i % 100 == 0 else "scale-parked"]
+            run = Run(**{f.attname: getattr(t.run, f.attname) for f in Run._meta.concrete_fields})
+            run.id, run.created_by = uuid.uuid4(), "bench-fill"
+            step = StepExecution(**{f.attname: getattr(t.step, f.attname) for f in StepExecution._meta.concrete_fields})
+            step.id, step.run_id = None, run.id
+            approval = Approval(**{f.attname: getattr(t, f.attname) for f in Approval._meta.concrete_fields})
+            approval.id, approval.run_id = None, run.id
+            runs.append(run)
+            steps.append(step)
+            approvals.append(approval)
+        Run.objects.bulk_create(runs)
+        StepExecution.objects.bulk_create(steps)
+        for approval, step in zip(approvals, steps, strict=True):
+            approval.step_id = step.id
+        Approval.objects.bulk_create(approvals)
+
+
+def unfill() -> None:
+    from runs.models import Run
+
+    Run.objects.filter(created_by="bench-fill").delete()
 
 
 def lists(people: dict[str, Any]) -> list[tuple[str, str]]:
@@ -290,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10000, help="runs started by the batch-start phase [10000]")
     parser.add_argument("--chunk", type=int, default=500, help="decide_many chunk (one transaction each) [500]")
     parser.add_argument("--workers", type=int, default=2, help="Celery prefork workers (-c 1) for phase 4 [2]")
+    parser.add_argument("--pending-rows", type=int, default=0,
+                        help="then measure the list pages again with this many more pending approvals, inserted "
+                             "as copies of parked rows (fast; deleted before phase 3) [0]")
     parser.add_argument("--skip-decisions", action="store_true", help="phases 1-3 only (no workers)")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER))
@@ -316,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         table(f"1. parking {args.parked:,} runs on an approval", park(args.parked))
         vacuum()
         table("2. list pages (median of 5)", lists(people))
+        if args.pending_rows:
+            fill(args.pending_rows)
+            vacuum()
+            table(f"2b. list pages with {args.pending_rows:,} more pending approvals (rows copied in SQL)",
+                  lists(people))
+            unfill()
+            vacuum()
         table("3. batch starts (no worker running; first step a no-op task)", batch_starts(args.batch, people, queue))
         if not args.skip_decisions:
             cluster = Cluster("stevora", dict(os.environ), workers=args.workers).start()
