@@ -12,7 +12,6 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
 from django.test import Client
-from rest_framework.test import APIClient
 
 from approvals.models import Approval, ApprovalStatus
 from approvals.services import MAX_BULK, decide, decide_many
