@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -250,7 +250,15 @@ def decide_many(ids: Any, *, user: Any, approve: bool, comment: str = "", operat
                     continue
             ready.append(approval)
         if ready:
-            results.update(_decide_chunk(ready, user=user, who=who, approve=approve, comment=comment))
+            for attempt in (1, 2, 3):
+                try:
+                    results.update(_decide_chunk(ready, user=user, who=who, approve=approve, comment=comment))
+                    break
+                except OperationalError:
+                    # A deadlock with a worker locking a parent and its child run the other way
+                    # round: the chunk rolled back whole; take it again.
+                    if attempt == 3:
+                        raise
     return [results[pk] for pk in wanted]
 
 
