@@ -18,10 +18,11 @@ Prints one table per phase:
 3. batch starts of a one-step no-op workflow with no worker running: ``start_runs``
    (service, batches of 1,000), ``POST /api/v1/runs/batch/``, against ``start_run`` one
    at a time; the messages are purged and the runs deleted afterwards;
-4. with the workers up: a sample decided one at a time (``decide``), then every other
-   pending approval in one bulk decision (``decide_many`` as the reviewer; the ``legal``
-   ones are refused), decisions/s, and each run's time from its decision's commit to
-   its completion (p50/p95).
+4. a: with no worker running, 100 approvals decided one at a time (``decide``), then half
+   of the rest in bulk (``decide_many`` as the reviewer, a call per chunk; the ``legal``
+   ones are refused): decisions/s of the deciding process alone; b: with the workers up
+   (after they finished the runs of a), the other half in bulk: decisions/s, and each
+   run's time from its chunk's commit to its completion (p50/p95).
 
 Times are printed, never asserted. The workers are two Celery prefork workers (``-c 1``)
 and one beat, started and stopped by this script (only the process groups it started).
@@ -291,25 +292,15 @@ def batch_starts(m: int, people: dict[str, Any], queue: str) -> list[tuple[str, 
     ]
 
 
-def decisions(people: dict[str, Any], chunk: int) -> list[tuple[str, str]]:
-    from approvals.models import Approval
-    from approvals.services import decide, decide_many
-    from runs.models import Run
+def _bulk(ids: list[int], user: Any, chunk: int) -> tuple[int, int, float, dict[int, float]]:
+    """decide_many over ``ids``, a call per chunk: (decided, refused, seconds, commit time per decided id)."""
+    from approvals.services import decide_many
 
-    reviewer = people["reviewer"]
-    ids = list(Approval.objects.filter(status="pending").order_by("requested_at", "id").values_list("pk", flat=True))
-    sample = ids[:200]
-    t0 = time.perf_counter()
-    for approval_id in sample:
-        decide(approval_id, user=reviewer, approve=True)
-    single_s = time.perf_counter() - t0
-    rest = ids[len(sample):]
     commits: dict[int, float] = {}
     decided = refused = 0
     t0 = time.perf_counter()
-    for start in range(0, len(rest), chunk):
-        part = rest[start:start + chunk]
-        results = decide_many(part, user=reviewer, approve=True, comment="bulk", chunk=chunk)
+    for start in range(0, len(ids), chunk):
+        results = decide_many(ids[start:start + chunk], user=user, approve=True, comment="bulk", chunk=chunk)
         now = time.time()
         for r in results:
             if r.outcome == "decided":
@@ -317,28 +308,64 @@ def decisions(people: dict[str, Any], chunk: int) -> list[tuple[str, str]]:
                 commits[r.id] = now
             else:
                 refused += 1
-    bulk_s = time.perf_counter() - t0
-    run_of = dict(Approval.objects.filter(pk__in=list(commits)).values_list("pk", "run_id"))
-    wanted = set(run_of.values())
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        left = Run.objects.filter(pk__in=wanted).exclude(status="completed").count()
-        if not left:
-            break
+    return decided, refused, time.perf_counter() - t0, commits
+
+
+def _wait_completed(approval_ids: list[int]) -> dict[Any, Any]:
+    from approvals.models import Approval
+    from runs.models import Run
+
+    runs = set(Approval.objects.filter(pk__in=approval_ids).values_list("run_id", flat=True))
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and Run.objects.filter(pk__in=runs).exclude(status="completed").exists():
         time.sleep(0.5)
-    finished = dict(Run.objects.filter(pk__in=wanted).values_list("pk", "finished_at"))
+    return dict(Run.objects.filter(pk__in=runs).values_list("pk", "finished_at"))
+
+
+def decisions_alone(people: dict[str, Any], chunk: int) -> tuple[list[tuple[str, str]], list[int]]:
+    """No worker running: what one process decides per second (the resumed steps just queue)."""
+    from approvals.models import Approval
+    from approvals.services import decide
+
+    reviewer = people["reviewer"]
+    ids = list(Approval.objects.filter(status="pending").order_by("requested_at", "id").values_list("pk", flat=True))
+    sample, half = ids[:100], ids[100:len(ids) // 2]
+    t0 = time.perf_counter()
+    for approval_id in sample:
+        decide(approval_id, user=reviewer, approve=True)
+    single_s = time.perf_counter() - t0
+    decided, refused, bulk_s, _ = _bulk(half, reviewer, chunk)
+    return [
+        (f"decide one at a time ({len(sample)})", f"{single_s / len(sample) * 1000:.2f} ms each, "
+                                                  f"{len(sample) / single_s:,.0f} decisions/s"),
+        (f"decide_many {len(half):,} ids, chunks of {chunk}",
+         f"{bulk_s:.2f} s: {decided:,} decided, {refused:,} refused (not an approver); "
+         f"{decided / bulk_s:,.0f} decisions/s"),
+    ], sample + half
+
+
+def decisions(people: dict[str, Any], chunk: int, earlier: list[int]) -> list[tuple[str, str]]:
+    from approvals.models import Approval
+
+    t0 = time.perf_counter()
+    _wait_completed(earlier)
+    drain_s = time.perf_counter() - t0
+    reviewer = people["reviewer"]
+    rest = list(Approval.objects.filter(status="pending").order_by("requested_at", "id").values_list("pk", flat=True))
+    decided, refused, bulk_s, commits = _bulk(rest, reviewer, chunk)
+    finished = _wait_completed(list(commits))
+    run_of = dict(Approval.objects.filter(pk__in=list(commits)).values_list("pk", "run_id"))
     lags = sorted(done.timestamp() - t for a, t in commits.items() if (done := finished.get(run_of[a])) is not None)
-    drained = time.time() - max(commits.values()) if commits else 0.0
+    drained = (max(f.timestamp() for f in finished.values() if f) - max(commits.values())) if commits else 0.0
 
     def pct(p: float) -> float:
         return lags[min(len(lags) - 1, int(p * len(lags)))] if lags else float("nan")
 
     return [
-        (f"decide one at a time ({len(sample)})", f"{single_s / len(sample) * 1000:.2f} ms each, "
-                                                  f"{len(sample) / single_s:,.0f} decisions/s"),
+        ("the runs decided in 4a, all completed", f"{drain_s:.1f} s after the workers started"),
         (f"decide_many {len(rest):,} ids, chunks of {chunk}",
          f"{bulk_s:.2f} s: {decided:,} decided, {refused:,} refused (not an approver); "
-         f"{len(rest) / bulk_s:,.0f} ids/s, {decided / bulk_s:,.0f} decisions/s"),
+         f"{decided / bulk_s:,.0f} decisions/s"),
         ("decision commit -> run completed, p50", ms(pct(0.50))),
         ("decision commit -> run completed, p95", ms(pct(0.95))),
         ("runs completed", f"{len(lags):,} of {len(commits):,}; the last {drained:.1f} s after the last decision"),
@@ -389,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             vacuum()
         table("3. batch starts (no worker running; first step a no-op task)", batch_starts(args.batch, people, queue))
         if not args.skip_decisions:
+            rows, earlier = decisions_alone(people, args.chunk)
+            table("4a. decisions, no worker running (one process alone)", rows)
             cluster = Cluster("stevora", dict(os.environ), workers=args.workers).start()
             try:
-                table(f"4. decisions with {args.workers} workers running", decisions(people, args.chunk))
+                table(f"4b. decisions with {args.workers} workers running", decisions(people, args.chunk, earlier))
             finally:
                 cluster.stop()
     finally:
