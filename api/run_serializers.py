@@ -157,6 +157,35 @@ class RunStartSerializer(serializers.Serializer):
                                     help_text="Budget: the run fails once its LLM calls use more tokens.")
 
 
+class BatchItemSerializer(serializers.Serializer):
+    input = JSONObjectField(required=False, default=dict, help_text="This run's input: a JSON object.")
+    idempotency_key = StrictCharField(required=False, max_length=255, allow_blank=False,
+                                      help_text="The same key returns the same run (`created`: false).")
+
+
+class RunBatchStartSerializer(serializers.Serializer):
+    workflow = StrictCharField(max_length=200, help_text="Workflow name (the latest version unless `version`).")
+    version = StrictIntegerField(required=False, min_value=1, max_value=INT32_MAX)
+    items = serializers.ListField(child=BatchItemSerializer(), allow_empty=False, max_length=10_000,
+                                  help_text="One per run, at most 10,000: every item is checked before any run "
+                                            "starts.")
+    max_cost_usd = MoneyField(required=False, help_text="Budget of each run.")
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=INT64_MAX,
+                                    help_text="Budget of each run.")
+
+
+class BatchRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=RunStatus.choices)
+    created = serializers.BooleanField(help_text="false: an existing run with this item's idempotency key.")
+
+
+class BatchStartedSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="How many runs this call started.")
+    existing = serializers.IntegerField(help_text="How many items named an existing run by idempotency key.")
+    runs = BatchRunSerializer(many=True, help_text="One per item, in the order of `items`.")
+
+
 class RunFilterSerializer(QuerySerializer):
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
     workflow = serializers.CharField(required=False, max_length=200)

@@ -27,11 +27,13 @@ from steps.models import StepExecution
 from .fields import INT32_MAX
 from .pagination import NewestFirst, OldestFirst
 from .run_serializers import (
+    BatchStartedSerializer,
     ControlSerializer,
     DefinitionCreatedSerializer,
     DefinitionCreateSerializer,
     DefinitionFilterSerializer,
     ForkSerializer,
+    RunBatchStartSerializer,
     RunDetailSerializer,
     RunDiffSerializer,
     RunEventSerializer,
@@ -168,6 +170,29 @@ class RunListCreate(generics.GenericAPIView):
         run = Run.objects.select_related("workflow").get(pk=result.run.pk)
         return Response(RunDetailSerializer(run).data,
                         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class RunBatchStart(APIView):
+    required_permissions = {"POST": ["runs.add_run"]}
+
+    @extend_schema(operation_id="runs_start_batch", request=RunBatchStartSerializer,
+                   responses={201: BatchStartedSerializer,
+                              200: OpenApiResponse(BatchStartedSerializer,
+                                                   description="Every item named an existing run")},
+                   summary="Start many runs of one workflow at once; one bad item starts none and is named")
+    def post(self, request: Request) -> Response:
+        body = RunBatchStartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        budget = {k: str(data[k]) for k in ("max_cost_usd", "max_tokens") if data.get(k) is not None}
+        items = [services.BatchItem(item.get("input", {}), item.get("idempotency_key")) for item in data["items"]]
+        results = services.start_runs(data["workflow"], items, workspace=workspace_of(request),
+                                      version=data.get("version"), actor=actor_of(request), budget=budget or None)
+        created = sum(1 for r in results if r.created)
+        answer = {"created": created, "existing": len(results) - created,
+                  "runs": [{"id": r.run.pk, "status": r.run.status, "created": r.created} for r in results]}
+        return Response(BatchStartedSerializer(answer).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class RunDetail(APIView):

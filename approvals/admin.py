@@ -24,7 +24,7 @@ from runs import admin_timeline
 from steps.models import StepExecution, StepStatus
 
 from .models import Approval, ApprovalStatus
-from .services import DECIDE_PERMISSION, DecisionError, decide, may_decide
+from .services import DECIDE_PERMISSION, MAX_BULK, DecisionError, decide, decide_many, may_decide
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -57,6 +57,36 @@ class ApprovalAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     change_form_template = "admin/approvals/approval/decide.html"
+    actions = ["approve_selected", "reject_selected"]
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(DECIDE_PERMISSION))
+
+    @admin.action(description="Approve selected", permissions=["decide"])
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:
+        self._decide_selected(request, queryset, approve=True)
+
+    @admin.action(description="Reject selected", permissions=["decide"])
+    def reject_selected(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:
+        self._decide_selected(request, queryset, approve=False)
+
+    def _decide_selected(self, request: HttpRequest, queryset: QuerySet[Approval], *, approve: bool) -> None:
+        """The same service as the API's bulk decision: each approval checked as ``decide`` checks it."""
+        ids = list(queryset.order_by("requested_at", "id").values_list("pk", flat=True)[:MAX_BULK + 1])
+        try:
+            results = decide_many(ids, user=request.user, approve=approve)
+        except (DecisionError, PermissionDenied) as exc:
+            messages.error(request, f"{exc}; nothing was decided")
+            return
+        decided = [r for r in results if r.outcome == "decided"]
+        refused = [r for r in results if r.outcome == "refused"]
+        if decided:
+            messages.success(request, f"{'Approved' if approve else 'Rejected'} {len(decided)} approval"
+                                      f"{'' if len(decided) == 1 else 's'}; their runs resume.")
+        for r in refused[:20]:
+            messages.warning(request, f"Approval #{r.id} refused: {r.reason}")
+        if len(refused) > 20:
+            messages.warning(request, f"… and {len(refused) - 20} more refused.")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

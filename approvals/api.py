@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import errors
-from api.fields import AnyJSONField, StrictBooleanField, StrictCharField
+from api.fields import AnyJSONField, StrictBooleanField, StrictCharField, StrictIntegerField
 from api.pagination import StrictCursorPagination
 from api.scoping import get_scoped, workspace_of
 
@@ -42,6 +42,44 @@ class DecideSerializer(serializers.Serializer):
     comment = StrictCharField(required=False, allow_blank=True, default="", max_length=services.MAX_COMMENT)
     content = AnyJSONField(required=False, help_text="Edited content (only where the step allows edits; "
                                                      "null: unchanged).")
+
+
+class BulkDecideSerializer(serializers.Serializer):
+    ids = serializers.ListField(
+        child=StrictIntegerField(min_value=1, max_value=2**63 - 1), required=False, allow_empty=False,
+        max_length=services.MAX_BULK,
+        help_text=f"The approvals to decide (at most {services.MAX_BULK}). Or a filter: `workflow` and/or "
+                  "`all_pending`.")
+    workflow = StrictCharField(required=False, max_length=200,
+                               help_text="Filter: the pending approvals of this workflow (oldest first).")
+    all_pending = StrictBooleanField(required=False, default=False,
+                                     help_text=f"Filter: every pending approval of the workspace (oldest first, "
+                                               f"at most {services.MAX_BULK} per call).")
+    approve = StrictBooleanField(help_text="true to approve, false to reject.")
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=services.MAX_COMMENT)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        has_filter = "workflow" in attrs or attrs.get("all_pending")
+        if "ids" in attrs and has_filter:
+            raise serializers.ValidationError({"ids": ["give either ids or a filter (workflow, all_pending), "
+                                                       "not both"]})
+        if "ids" not in attrs and not has_filter:
+            raise serializers.ValidationError({"ids": ["give ids, or a filter: workflow and/or all_pending: true"]})
+        return attrs
+
+
+class BulkItemSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    outcome = serializers.ChoiceField(choices=["decided", "refused"])
+    status = serializers.CharField(help_text="The approval's new status when decided; empty when refused.")
+    reason = serializers.CharField(help_text="Why it was refused; empty when decided.")
+    run = serializers.UUIDField(source="run_id", allow_null=True)
+
+
+class BulkDecisionSerializer(serializers.Serializer):
+    decided = serializers.IntegerField()
+    refused = serializers.IntegerField()
+    results = BulkItemSerializer(many=True, help_text="One per id, in the order asked.")
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -80,9 +118,33 @@ class ApprovalDecide(APIView):
         return Response(DecisionSerializer({"approval": decision.approval, "output": decision.output}).data)
 
 
+class ApprovalBulkDecide(APIView):
+    # decide_many() checks the decide permission and each step's approvers (a refusal per id);
+    # a 409 only if approvals changed under the run locks (nothing in that chunk decided).
+    may_conflict = True
+
+    @extend_schema(operation_id="approvals_decide_many", request=BulkDecideSerializer,
+                   responses=BulkDecisionSerializer,
+                   summary="Approve or reject many approvals (ids or a filter); a result per id: decided, or "
+                           "refused with the reason")
+    def post(self, request: Request) -> Response:
+        body = BulkDecideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data: dict[str, Any] = body.validated_data
+        workspace = workspace_of(request)
+        ids = data.get("ids")
+        if ids is None:
+            ids = services.pending_ids(workflow=data.get("workflow"), workspace=workspace)
+        results = services.decide_many(ids, user=request.user, approve=data["approve"],
+                                       comment=data.get("comment", ""), workspace=workspace)
+        decided = sum(1 for r in results if r.outcome == "decided")
+        return Response(BulkDecisionSerializer({"decided": decided, "refused": len(results) - decided,
+                                                "results": results}).data)
+
+
 def _decision_error(exc: services.DecisionError) -> Response:
     fields = errors.field_error(str(exc))
-    if fields and fields[0]["field"].split(".")[0].split("[")[0] in {"approve", "comment", "content"}:
+    if fields and fields[0]["field"].split(".")[0].split("[")[0] in {"approve", "comment", "content", "ids"}:
         return Response(errors.body("invalid_input", str(exc), fields), 400)
     return Response(errors.body("conflict", str(exc)), 409)
 

@@ -12,16 +12,18 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from runs.engine import transitions as engine
-from runs.models import record
+from runs.engine.effects import Effects
+from runs.models import Run, RunStatus, record
 from runs.services import resume_waiting_step
 from steps import types as step_types
 from steps.jsonvalues import json_problems, text_problem
+from steps.models import StepExecution, StepStatus
 
 from .models import Approval, ApprovalStatus
 
@@ -187,6 +189,166 @@ def decide(approval_id: Any, *, user: Any, approve: bool, comment: str = "", con
     return Decision(approval, output)
 
 
+MAX_BULK = 10_000
+BULK_CHUNK = 500
+
+
+@dataclass
+class ItemResult:
+    """One id of a bulk decision: ``decided`` (with the new status) or ``refused`` (with why)."""
+
+    id: Any
+    outcome: str  # "decided" | "refused"
+    status: str = ""
+    reason: str = ""
+    run_id: Any = None
+
+
+def _bulk_ids(ids: Any) -> list[int]:
+    if not isinstance(ids, (list, tuple)):
+        raise DecisionError("ids: must be a list of approval ids")
+    if len(ids) > MAX_BULK:
+        raise DecisionError(f"ids: at most {MAX_BULK} ids per call (got {len(ids)})")
+    out: list[int] = []
+    for i, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise DecisionError(f"ids[{i}]: must be a positive integer approval id")
+        out.append(value)
+    return out
+
+
+def decide_many(ids: Any, *, user: Any, approve: bool, comment: str = "", operator: str = "",
+                workspace: Any = None, chunk: int = BULK_CHUNK) -> list[ItemResult]:
+    """Approve or reject many pending approvals: ``decide``'s checks and rows, set-based.
+
+    Every id gets a result, in the order given: ``decided``, or ``refused`` with the
+    reason ``decide`` would have raised (no permission, not an approver, already
+    decided, expired, not found, its step no longer waiting). Refusals change nothing.
+    The decided ones are written ``chunk`` at a time, each chunk one transaction: the
+    runs locked in id order (the engine's lock), one guarded UPDATE of the approvals,
+    the history rows in one INSERT, each waiting step resumed through
+    ``resume_waiting_step`` (the same engine call as a single decision), the doorbells
+    and status signals published once after the commit. Edited content is per approval:
+    use ``decide`` for that. With ``workspace`` (the API's), ids of other workspaces are
+    refused as not found. Raises ``DecisionError`` for bad input (nothing decided)
+    and ``PermissionDenied`` when there is neither a user nor an operator.
+    """
+    if not isinstance(approve, bool):
+        raise DecisionError("approve: must be true or false")
+    wanted = _bulk_ids(ids)
+    if user is None and not operator:
+        raise PermissionDenied("a decision needs a user (or an operator name for shell decisions)")
+    if not isinstance(comment, str):
+        raise DecisionError("comment: must be a string")
+    if len(comment) > MAX_COMMENT:
+        raise DecisionError(f"comment: must be at most {MAX_COMMENT} characters")
+    problem = text_problem(comment)
+    if problem:
+        raise DecisionError(f"comment: {problem}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise DecisionError("chunk: must be a positive integer")
+    groups: set[str] | None = None
+    if user is not None and getattr(user, "is_authenticated", False):
+        groups = set(user.groups.values_list("name", flat=True))
+    who = user.get_username() if user is not None else operator
+    results: dict[int, ItemResult] = {}
+    order = list(dict.fromkeys(wanted))  # a repeated id is decided once
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        rows = Approval.objects.filter(pk__in=part)
+        if workspace is not None:
+            rows = rows.filter(workspace=workspace)
+        found = {a.pk: a for a in rows}
+        ready: list[Approval] = []
+        for pk in part:
+            approval = found.get(pk)
+            if approval is None:
+                results[pk] = ItemResult(pk, "refused", reason=f"no approval with id {pk!r}")
+                continue
+            if user is not None:
+                allowed, why = may_decide(user, approval, groups)
+                if not allowed:
+                    results[pk] = ItemResult(pk, "refused", reason=why, run_id=approval.run_id)
+                    continue
+            ready.append(approval)
+        if ready:
+            for attempt in (1, 2, 3):
+                try:
+                    results.update(_decide_chunk(ready, user=user, who=who, approve=approve, comment=comment))
+                    break
+                except OperationalError:
+                    # A deadlock with a worker locking a parent and its child run the other way
+                    # round: the chunk rolled back whole; take it again.
+                    if attempt == 3:
+                        raise
+    return [results[pk] for pk in wanted]
+
+
+def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bool,
+                  comment: str) -> dict[int, ItemResult]:
+    out: dict[int, ItemResult] = {}
+    status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+    with transaction.atomic():
+        # The engine's lock order: every run first (in id order, so two bulk calls never
+        # deadlock), then the guarded update.
+        run_ids = sorted({a.run_id for a in approvals}, key=str)
+        active = set(Run.objects.select_for_update(of=("self",), no_key=True).filter(pk__in=run_ids)
+                     .order_by("pk").filter(status__in=(RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED))
+                     .values_list("pk", flat=True))
+        now = timezone.now()
+        fresh = {a.pk: a for a in Approval.objects.filter(pk__in=[a.pk for a in approvals])}
+        waiting = set(StepExecution.objects.filter(pk__in=[a.step_id for a in approvals], status=StepStatus.WAITING,
+                                                   type="approval").values_list("pk", flat=True))
+        go: list[Approval] = []
+        for approval in approvals:
+            row = fresh[approval.pk]
+            if row.status != ApprovalStatus.PENDING:
+                out[row.pk] = ItemResult(row.pk, "refused", reason=_refusal(row), run_id=row.run_id)
+            elif row.expires_at is not None and row.expires_at <= now:
+                out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
+                    f"approval #{row.pk} expired at {row.expires_at.isoformat()} "
+                    f"(on_timeout: {row.on_timeout}); it can no longer be decided"))
+            elif row.run_id not in active or row.step_id not in waiting:
+                out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
+                    f"approval #{row.pk}: its step is no longer waiting; nothing was decided"))
+            else:
+                go.append(row)
+        if not go:
+            return out
+        updated = Approval.objects.filter(pk__in=[a.pk for a in go], status=ApprovalStatus.PENDING).update(
+            status=status, decided_by=user if isinstance(user, AbstractBaseUser) else None, decided_by_name=who,
+            decided_at=now, comment=comment, edited_content=None, content_edited=False,
+        )
+        if updated != len(go):  # cannot happen under the run locks; never write half a chunk
+            raise DecisionError("approvals changed while being decided; nothing in this chunk was decided")
+        fx = Effects()
+        for approval in go:
+            output = {"approved": approve, "decided_by": who, "decided_at": now.isoformat(), "comment": comment,
+                      "content": approval.content}
+            fx.event(approval.run_id, f"approval_{status}", approval.step_key, actor=who,
+                     message=f"approval #{approval.pk} {status} by {who}" + (f": {comment}" if comment else ""),
+                     data={"approval_id": approval.pk, "approved": approve, "comment": comment, "edited": False,
+                           "decided_at": now.isoformat()})
+            if not resume_waiting_step(approval.step_id, step_types.Complete(output), actor=who,
+                                       expected_type="approval", fx=fx):
+                raise DecisionError(f"approval #{approval.pk}: its step is no longer waiting; nothing in this "
+                                    f"chunk was decided")
+            out[approval.pk] = ItemResult(approval.pk, "decided", status=status, run_id=approval.run_id)
+        fx.flush()
+    return out
+
+
+def pending_ids(*, workflow: str | None = None, workspace: Any = None, limit: int = MAX_BULK) -> list[int]:
+    """Ids of pending approvals (of one workflow, one workspace), oldest first: a bulk
+    decision's filter. Whether the caller may decide each is ``decide_many``'s business."""
+    rows = pending()
+    if workspace is not None:
+        rows = rows.filter(workspace=workspace)
+    if workflow is not None:
+        rows = rows.filter(workflow_name=workflow)
+    return list(rows.order_by("requested_at", "id").values_list("pk", flat=True)[:limit])
+
+
 def _json_list_has_any(field: str, values: list[str]) -> Q:
     """``field`` (a JSON list of strings) holds one of ``values``, decided in SQL."""
     if not values:
@@ -220,6 +382,14 @@ def decidable_by(user: Any) -> QuerySet[Approval]:
 def pending_for(user: Any) -> list[Approval]:
     """Pending approvals ``user`` may decide, oldest first."""
     return list(decidable_by(user))
+
+
+def rows_after(rows: QuerySet[Approval], approval_id: int) -> QuerySet[Approval]:
+    """Keyset paging over ``(requested_at, id)``: the rows after approval ``approval_id``."""
+    anchor = Approval.objects.filter(pk=approval_id).values_list("requested_at", flat=True).first()
+    if anchor is None:
+        raise ApprovalNotFound(f"no approval with id {approval_id!r}")
+    return rows.filter(Q(requested_at__gt=anchor) | Q(requested_at=anchor, id__gt=approval_id))
 
 
 def pending(queryset: QuerySet[Approval] | None = None) -> QuerySet[Approval]:

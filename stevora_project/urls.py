@@ -9,7 +9,7 @@ from django.urls import include, path, re_path
 
 from api import runs as runs_api
 from api.urls import urlpatterns as api_pages
-from approvals.api import ApprovalDecide, ApprovalList
+from approvals.api import ApprovalBulkDecide, ApprovalDecide, ApprovalList
 from events.api import EventDeliver
 from providers.api import CostSummary, RunCost
 from schedules.api import ScheduleList, SchedulePause, ScheduleResume
@@ -25,6 +25,7 @@ api_v1 = [
     path("definitions/<str:name>/versions/<int:version>/", runs_api.DefinitionVersion.as_view(),
          name="definition-version"),
     path("runs/", runs_api.RunListCreate.as_view(), name="runs"),
+    path("runs/batch/", runs_api.RunBatchStart.as_view(), name="runs-batch"),
     path(RUN, runs_api.RunDetail.as_view(), name="run"),
     path(RUN + "cancel/", runs_api.RunCancel.as_view(), name="run-cancel"),
     path(RUN + "pause/", runs_api.RunPause.as_view(), name="run-pause"),
@@ -38,6 +39,7 @@ api_v1 = [
             name="step"),
     path("events/", EventDeliver.as_view(), name="events"),
     path("approvals/", ApprovalList.as_view(), name="approvals"),
+    path("approvals/decide/", ApprovalBulkDecide.as_view(), name="approvals-decide-many"),
     path("approvals/<int:approval_id>/decide/", ApprovalDecide.as_view(), name="approval-decide"),
     path("cost/", CostSummary.as_view(), name="cost"),
     path("schedules/", ScheduleList.as_view(), name="schedules"),

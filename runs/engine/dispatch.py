@@ -10,10 +10,11 @@ Tasks are sent by name (``tasks.RUN_STEP``): the message is all a publisher need
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
-from celery import current_app, group, signature
+from celery import current_app
 from django.conf import settings
 
 from .faults import fault_point
@@ -60,8 +61,14 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
         elif len(step_ids) == 1:
             _send(RUN_STEP, step_ids[0])
         elif step_ids:
-            # Fan-out: one group; the join is decided in the database, never in a chord.
-            group(signature(RUN_STEP, args=(step_id,), immutable=True) for step_id in step_ids).apply_async()
+            # Many doorbells (a fan-out, a batch start, a bulk decision): one message each, sent
+            # through one Redis pipeline where kombu offers publish batches (one round trip per
+            # thousand instead of one each). The join is decided in the database, never in a chord.
+            with current_app.producer_or_acquire() as producer:
+                batch = getattr(producer, "batch", None)
+                with batch() if batch is not None else contextlib.nullcontext():
+                    for step_id in step_ids:
+                        current_app.send_task(RUN_STEP, (step_id,), producer=producer)
         for step_id, delay in countdowns or []:
             if settings.IS_EMBEDDED_BROKER:
                 # The embedded worker runs countdown messages on Celery's timer thread; publish

@@ -137,6 +137,44 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
     return run, True
 
 
+def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int | None, str | None]], fx: Effects,
+                *, actor: str = "") -> list[Run]:
+    """Insert many runs of one workflow inside the caller's transaction, set-based.
+
+    ``items`` are (input, max_cost, max_tokens, idempotency_key), checked already. When the
+    first step is a work step: the rows ``create_run`` and ``activate`` write for each run
+    (run, ready first step, ``run_started`` and ``step_ready``), three INSERTs for all of
+    them; otherwise ``create_run`` for each. An idempotency key taken meanwhile raises
+    IntegrityError (the caller retries)."""
+    wf = spec_for(workflow)
+    first = wf.steps[0]
+    if not step_types.is_work(first.type):
+        runs = []
+        for run_input, _cost, _tokens, key in items:
+            budget = {"max_cost_usd": _cost, "max_tokens": _tokens}
+            runs.append(create_run(workflow, run_input, fx, idempotency_key=key, actor=actor,
+                                   budget={k: str(v) for k, v in budget.items() if v is not None})[0])
+        return runs
+    now = t.now()
+    runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+                status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
+                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens)
+            for run_input, max_cost, max_tokens, key in items]
+    Run.objects.bulk_create(runs)
+    dispatched = now if can_publish() else None
+    steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
+                           max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
+                           dispatched_at=dispatched) for run in runs]
+    StepExecution.objects.bulk_create(steps)
+    started = {"workflow": workflow.name, "version": workflow.version}
+    for run, step in zip(runs, steps, strict=True):
+        fx.event(run.pk, "run_started", actor=actor, data=dict(started))
+        fx.event(run.pk, "step_ready", first.name, data={"type": first.type})
+        fx.status_changes.append((run.pk, RunStatus.RUNNING))
+        fx.dispatch.append(step.pk)
+    return runs
+
+
 def start_child_run(parent: Run, step: StepExecution, name: str, version: int | None, run_input: Any,
                     fx: Effects) -> Run:
     """Start the child run of a ``workflow`` step inside the parent's transaction."""

@@ -15,12 +15,12 @@ from .diff import diff_runs, register_step_differ
 from .fork import fork_run
 from .retention import PurgeReport, purge_runs, register_purger
 from .retry import retry_run
-from .starting import StartResult, resolve_workflow, start_run
+from .starting import MAX_BATCH, BatchItem, StartResult, check_batch, resolve_workflow, start_run, start_runs
 from .waiting import requeue_waiting_step, resume_waiting_step
 
 __all__ = [
-    "LoadResult", "NotFound", "PurgeReport", "StartError", "StartResult", "cancel_run", "definition_files",
-    "diff_runs", "fork_run", "get_run", "load_workflow", "load_workflow_text", "pause_run", "purge_runs",
-    "register_purger", "register_step_differ", "requeue_waiting_step",
-    "resolve_workflow", "resume_run", "resume_waiting_step", "retry_run", "start_run",
+    "MAX_BATCH", "BatchItem", "LoadResult", "NotFound", "PurgeReport", "StartError", "StartResult", "cancel_run",
+    "check_batch", "definition_files", "diff_runs", "fork_run", "get_run", "load_workflow", "load_workflow_text",
+    "pause_run", "purge_runs", "register_purger", "register_step_differ", "requeue_waiting_step",
+    "resolve_workflow", "resume_run", "resume_waiting_step", "retry_run", "start_run", "start_runs",
 ]

@@ -20,7 +20,9 @@ def resume_waiting_step(step_id: int, outcome: step_types.Outcome, *, actor: str
     Returns False when the step is no longer waiting (decided already, cancelled).
     Call it inside your own transaction to make your change and the resume one.
     """
-    with transaction.atomic():
+    # No savepoint of its own: a refusal returns before anything is written, and an error
+    # rolls back the caller's transaction anyway (a bulk decision resumes hundreds per one).
+    with transaction.atomic(savepoint=False):
         run_id = StepExecution.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
         if run_id is None:
             raise NotFound(f"no step execution {step_id}")

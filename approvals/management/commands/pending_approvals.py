@@ -1,4 +1,6 @@
-"""``manage.py pending_approvals [--json] [--as USERNAME]``: what waits for a person."""
+"""``manage.py pending_approvals [--json] [--as USERNAME] [--limit N] [--after ID]``: what waits for a person.
+
+Filtered and limited in SQL (keyset: ``--after`` the last id of the previous page)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from approvals.models import Approval
-from approvals.services import pending, pending_for
+from approvals.services import ApprovalNotFound, decidable_by, pending, rows_after
 from runs.cli import _fmt_seconds
 
 
@@ -22,20 +24,28 @@ class Command(BaseCommand):
         parser.add_argument("--as", dest="username", default=None, help="only what this user may decide")
         parser.add_argument("--limit", type=int, default=200,
                             help="show at most this many, oldest first (default: 200)")
+        parser.add_argument("--after", type=int, default=None, metavar="ID",
+                            help="the next page: only approvals requested after approval ID (the last one "
+                                 "the previous page showed)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["limit"] < 1:
             raise CommandError("--limit must be at least 1")
-        rows: list[Approval]
         if options["username"]:
             model = get_user_model()
             try:
                 user = model.objects.get(**{model.USERNAME_FIELD: options["username"]})
             except model.DoesNotExist:
                 raise CommandError(f"--as: no user named {options['username']!r}") from None
-            rows = pending_for(user)[: options["limit"]]
+            query = decidable_by(user)
         else:
-            rows = list(pending().order_by("requested_at", "id")[: options["limit"]])
+            query = pending().order_by("requested_at", "id")
+        if options["after"] is not None:
+            try:
+                query = rows_after(query, options["after"])
+            except ApprovalNotFound as exc:
+                raise CommandError(f"--after: {exc}") from None
+        rows: list[Approval] = list(query[: options["limit"]])
         now = timezone.now()
         if options["json"]:
             self.stdout.write(json.dumps([{
@@ -61,5 +71,7 @@ class Command(BaseCommand):
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for row in table:
             self.stdout.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        self.stdout.write(f"\n{len(rows)} pending. Decide with: python manage.py approve ID [--reject] "
-                          f"[--comment TEXT] [--as USERNAME]")
+        more = (f" More: --after {rows[-1].pk}" if len(rows) == options["limit"] else "")
+        self.stdout.write(f"\n{len(rows)} pending.{more} Decide with: python manage.py approve ID [--reject] "
+                          f"[--comment TEXT] [--as USERNAME] "
+                          f"(several ids, --workflow NAME or --all-pending decide in bulk)")
