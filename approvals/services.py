@@ -304,6 +304,10 @@ def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bo
             row = fresh[approval.pk]
             if row.status != ApprovalStatus.PENDING:
                 out[row.pk] = ItemResult(row.pk, "refused", reason=_refusal(row), run_id=row.run_id)
+            elif row.kind != "step":
+                out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
+                    f"approval #{row.pk} is a {row.kind} decision (an llm step's tool call): decide it on its "
+                    f"own; bulk decisions take approval steps only"))
             elif row.expires_at is not None and row.expires_at <= now:
                 out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
                     f"approval #{row.pk} expired at {row.expires_at.isoformat()} "
