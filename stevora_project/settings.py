@@ -218,6 +218,9 @@ STEVORA: dict[str, Any] = {
     "WORKER_CHECK_SECONDS": env_float("STEVORA_WORKER_CHECK_SECONDS", 1.0, minimum=0.05),
     # How often a live worker says so (and takes its lock again after a database restart).
     "WORKER_HEARTBEAT_SECONDS": env_float("STEVORA_WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.1),
+    # How long one task keeps taking its run's next step itself (no broker round trip)
+    # before it hands the next one back to the queue, so that no run holds a worker.
+    "CHAIN_SECONDS": env_float("STEVORA_CHAIN_SECONDS", 1.0, minimum=0.0),
     # How often the reconciler sweeps (and, embedded, polls for runs started elsewhere).
     "RECONCILE_SECONDS": env_float("STEVORA_RECONCILE_SECONDS", 2.0, minimum=0.05),
     # External events are kept this long (a wait may start after its event arrived);

@@ -17,6 +17,8 @@ import threading
 from celery import current_app
 from django.conf import settings
 
+from steps.models import StepExecution, StepStatus
+
 from .faults import fault_point
 
 logger = logging.getLogger("stevora.dispatch")
@@ -80,6 +82,16 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
                 _send(RUN_STEP, step_id, countdown=max(0.0, delay))
     except Exception:  # broker down: the reconciler re-publishes from the rows
         logger.exception("publishing steps %s failed; the reconciler will retry", step_ids)
+        _not_rung([*step_ids, *(step_id for step_id, _ in countdowns or [])])
+
+
+def _not_rung(step_ids: list[int]) -> None:
+    """The rows said these doorbells were rung; they were not. Say so, so the reconciler's
+    next sweep rings them as soon as the broker answers, not a redispatch interval later."""
+    try:
+        StepExecution.objects.filter(pk__in=step_ids, status=StepStatus.READY).update(dispatched_at=None)
+    except Exception:  # the database is down too: the redispatch interval will do
+        logger.exception("could not mark steps %s as not rung", step_ids)
 
 
 def _publish_later(step_id: int) -> None:

@@ -73,6 +73,10 @@ def grace_seconds() -> float:
     return float(settings.STEVORA["TIMEOUT_GRACE_SECONDS"])
 
 
+def chain_seconds() -> float:
+    return float(settings.STEVORA["CHAIN_SECONDS"])
+
+
 def task_budget() -> float:
     """How long one task may run steps back to back (below Celery's hard limit)."""
     return float(settings.STEVORA_MAX_STEP_SECONDS) + grace_seconds()
@@ -84,9 +88,18 @@ def process_step(step_id: int) -> None:
     row = claim(step_id)
     while row is not None:
         row = execute_and_commit(row)
-        if row is not None and time.monotonic() - started + _deadline_of(row) > task_budget():
+        if row is None:
+            return
+        spent = time.monotonic() - started
+        if spent + _deadline_of(row) > task_budget():
             # The successor would not fit in this task's time: another message runs it.
             hand_back(row, "the task's time budget is spent")
+            return
+        if spent > chain_seconds():
+            # Taking successors ourselves saves a broker round trip per step, but a long run
+            # must not keep this worker from the queue: recovered steps (rung ahead of it) and
+            # other runs' steps wait for a worker that finishes its task.
+            hand_back(row, f"this task has run steps for {spent:.1f}s (STEVORA_CHAIN_SECONDS)")
             return
 
 
