@@ -30,7 +30,7 @@ from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from runs.engine.heartbeat import heartbeat
-from steps import types
+from steps import live, types
 from steps.handlers import PermanentError, RetryableError, StepContext, registry
 from steps.templating import render_value
 
@@ -46,7 +46,7 @@ DEFAULT_MAX_TOOL_ROUNDS = 10
 DEFAULT_SCHEMA_RETRIES = 2
 DEFAULT_GUARDRAIL_RETRIES = 2
 _PASSTHROUGH = ("temperature", "max_tokens", "response_format", "output_schema", "max_schema_retries", "tools",
-                "max_tool_rounds", "guardrails", "fallback")
+                "max_tool_rounds", "guardrails", "fallback", "stream")
 
 
 class ToolRoundsExceeded(PermanentError):
@@ -158,6 +158,9 @@ class Agent:
         self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
                            budgeted=run.max_cost_usd is not None or run.max_tokens is not None,
                            first_attempt=self.first_attempt)
+        if self.cfg.get("stream"):
+            self.scope.stream = True
+            self.scope.live = self.publish
         try:
             self.route = resolve(self.cfg)
         except ResolveError as exc:
@@ -176,6 +179,11 @@ class Agent:
             LLMCall.objects.filter(step_id=step.pk, status=LLMCallStatus.STARTED, step_attempt__lt=step.attempt).update(
                 status=LLMCallStatus.ABANDONED, error="the worker of this attempt was lost before the answer",
                 finished_at=timezone.now())
+
+    def publish(self, call_id: int, provider: str, round_number: int, kind: str, text: str) -> None:
+        """A streamed answer's text, for watchers only (``steps.live``); never part of the record."""
+        live.publish(self.ctx.run_id, step=self.ctx.key, attempt=self.scope.step_attempt, round=round_number,
+                     provider=provider, text=text, call=call_id, kind=kind)
 
     # --- the loop ---------------------------------------------------------------------
 
