@@ -46,11 +46,11 @@ _warned = False
 
 
 def _ttl() -> int:
-    return int(os.environ.get("STEVORA_LIVE_TTL_SECONDS") or 3600)
+    return int(getattr(settings, "STEVORA", {}).get("LIVE_TTL_SECONDS", 3600))
 
 
 def _max_per_run() -> int:
-    return int(os.environ.get("STEVORA_LIVE_MAX_PER_RUN") or 5000)
+    return int(getattr(settings, "STEVORA", {}).get("LIVE_MAX_PER_RUN", 5000))
 
 
 def _redis_url() -> str | None:

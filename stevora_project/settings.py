@@ -231,6 +231,12 @@ STEVORA: dict[str, Any] = {
     "WEBHOOK_TIMEOUT_SECONDS": env_float("STEVORA_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
     # First retry delay of a failed webhook delivery; doubles each attempt (capped at an hour).
     "WEBHOOK_BACKOFF_SECONDS": env_float("STEVORA_WEBHOOK_BACKOFF_SECONDS", 5.0, minimum=0.01),
+    # Live output (streamed LLM text, steps/live.py): kept this long, at most this many pieces per run.
+    "LIVE_TTL_SECONDS": env_int("STEVORA_LIVE_TTL_SECONDS", 3600, minimum=1),
+    "LIVE_MAX_PER_RUN": env_int("STEVORA_LIVE_MAX_PER_RUN", 5000, minimum=10),
+    # One GET /api/v1/runs/<id>/stream/ answers this long at most, then the client reconnects with
+    # Last-Event-ID (below gunicorn's 30 s sync-worker timeout).
+    "SSE_MAX_SECONDS": env_float("STEVORA_SSE_MAX_SECONDS", 25.0, minimum=1),
 }
 
 if STEVORA["API_RATE"] == "off":

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from api import runs as runs_api
+from api.run_stream import RunStream
 from api.urls import urlpatterns as api_pages
 from approvals.api import ApprovalDecide, ApprovalList
 from events.api import EventDeliver
@@ -30,6 +31,7 @@ api_v1 = [
     path(RUN + "retry/", runs_api.RunRetry.as_view(), name="run-retry"),
     path(RUN + "fork/", runs_api.RunFork.as_view(), name="run-fork"),
     path(RUN + "history/", runs_api.RunHistory.as_view(), name="run-history"),
+    path(RUN + "stream/", RunStream.as_view(), name="run-stream"),
     path(RUN + "cost/", RunCost.as_view(), name="run-cost"),
     re_path(r"^runs/(?P<run_id>[0-9a-f-]{36})/steps/(?P<step_key>[^/]+)/$", runs_api.StepDetail.as_view(),
             name="step"),
