@@ -495,7 +495,8 @@ class AnthropicStream(StreamAssembler):
         if kind == "error":
             err = chunk.get("error") or {}
             raise ProviderError(f"stream error: {error_message(chunk, 'error in stream')}",
-                                permanent=False, body=chunk, counts_for_breaker=err.get("type") != "invalid_request_error")
+                                permanent=False, body=chunk,
+                                counts_for_breaker=err.get("type") != "invalid_request_error")
         if kind == "message_start":
             self.message = dict(chunk.get("message") or {})
             self.message["content"] = []

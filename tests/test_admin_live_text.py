@@ -12,7 +12,7 @@ from providers.models import Provider
 from runs.services import start_run
 from tests.conftest import wait_for_run
 from tests.support.workers import wait_until
-from tests.test_admin_browser import CHROMIUM, browser, log_in  # noqa: F401  (fixture)
+from tests.test_admin_browser import CHROMIUM, browser, log_in  # noqa: F401  (browser: the fixture)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian's Chromium is not installed at /usr/bin/chromium; "
@@ -22,7 +22,7 @@ ANSWER = " ".join(f"piece{i}" for i in range(40))
 
 
 def test_the_run_page_shows_the_answer_as_it_is_written_then_the_recorded_one(
-        engine: Any, live_server: Any, workflow: Any, browser: Any) -> None:
+        engine: Any, live_server: Any, workflow: Any, browser: Any) -> None:  # noqa: F811
     User.objects.create_superuser("root", password="root-pass-123")
     Provider.objects.create(name="fake-slow", kind="fake", model="fake-1",
                             options={"stream_delay_seconds": 0.1, "script": [{"text": ANSWER}]})

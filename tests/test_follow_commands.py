@@ -64,7 +64,8 @@ def test_show_run_follow_prints_the_text_then_the_timeline(engine: Any, workflow
     assert out.startswith(ANSWER)  # the streamed text first, then the drawn run
     assert "draft" in out.split(ANSWER, 1)[1]
     assert "· run_completed" in err
-    assert wait_for_run(run.pk).output["text"] == ANSWER
+    output = wait_for_run(run.pk).output
+    assert isinstance(output, dict) and output["text"] == ANSWER
 
 
 def test_follow_needs_wait(db: Any) -> None:

@@ -129,7 +129,7 @@ def test_the_stream_delivers_history_events_and_the_text_as_it_is_written(web: s
     draft_done = next(i for i, e in enumerate(names) if e[1] == "step_completed" and e[2] == "draft")
     assert first_delta < draft_done
     run = wait_for_run(run.pk)
-    assert run.output["text"] == ANSWER
+    assert isinstance(run.output, dict) and run.output["text"] == ANSWER
 
 
 def test_last_event_id_resumes_without_repeating_a_history_event(web: str, engine: Any, workflow: Any) -> None:

@@ -98,8 +98,9 @@ class LLMServer:
                 ``malformed_at: N`` sends a chunk that is not JSON as event N;
                 ``hang_at: N`` waits (up to ``hang`` s, or release()) before event N;
                 ``chunk_delay``: seconds between events."""
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 events = (anthropic_events(whole) if fmt == "anthropic"
-                          else openai_events(whole, usage=bool((body.get("stream_options") or {}).get("include_usage"))))
+                          else openai_events(whole, usage=include_usage))
                 cut = action.get("cut_after")
                 try:
                     self.send_response(200)
