@@ -202,10 +202,15 @@ class Agent:
         state = step.state if isinstance(step.state, dict) else {}
         recorded = state.get("mcp_tools")
         if recorded is None:
-            recorded = [t for server in servers.values() for t in mcp_tools.list_tools(server)]
-            state = {**state, "mcp_tools": recorded}
-            StepExecution.objects.filter(pk=step.pk).update(state=state)
-            step.state = state
+            fetched = [t for server in servers.values() for t in mcp_tools.list_tools(server)]
+            # A concurrent attempt may have recorded its list meanwhile: the first one recorded wins.
+            current = StepExecution.objects.filter(pk=step.pk).values_list("state", flat=True).first() or {}
+            recorded = current.get("mcp_tools") if isinstance(current, dict) else None
+            if recorded is None:
+                recorded = fetched
+                state = {**(current if isinstance(current, dict) else state), "mcp_tools": recorded}
+                StepExecution.objects.filter(pk=step.pk).update(state=state)
+                step.state = state
         for t in recorded:
             if t["name"] in self.tools:
                 raise PermanentError(f"mcp_servers {t['server']!r}: tool {t['name']!r} has the name of another tool")
