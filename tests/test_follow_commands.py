@@ -11,6 +11,11 @@ from providers.models import Provider
 from runs.models import Run
 from runs.services import start_run
 from tests.conftest import wait_for_run
+from tests.support.llm_server import (  # noqa: F401  (fixtures)
+    llm_server_fixture,
+    llm_server_session_fixture,
+    make_provider,
+)
 from tests.support.workers import ROOT, subprocess_env
 
 ANSWER = " ".join(f"token{i}" for i in range(30))
@@ -29,9 +34,13 @@ def _manage(*args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
 
 
-def test_start_run_wait_follow_prints_the_text_while_the_step_is_still_running(engine: Any,
-                                                                               workflow: Any) -> None:
-    _workflow(workflow, "follow-start")
+def test_start_run_wait_follow_prints_the_text_while_the_step_is_still_running(engine: Any, workflow: Any,
+                                                                               llm_server: Any) -> None:
+    make_provider(llm_server, "writer", kind="anthropic", timeout_seconds=30)
+    # The model stalls after its first pieces until the test saw the first token printed.
+    llm_server.script("writer", {"text": ANSWER, "hang_at": 5, "stream_hang": 30})
+    workflow({"name": "follow-start", "steps": [{"name": "draft", "type": "llm", "provider": "writer",
+                                                 "stream": True, "messages": [{"role": "user", "content": "Write"}]}]})
     proc = _manage("start_run", "follow-start", "--wait", "--follow", "--timeout", "60")
     assert proc.stdout is not None
     first = b""
@@ -43,13 +52,14 @@ def test_start_run_wait_follow_prints_the_text_while_the_step_is_still_running(e
     run = Run.objects.order_by("-created_at").first()
     assert run is not None and run.workflow.name == "follow-start"
     assert run.steps.get(key="draft").status == "running"
+    llm_server.release()
     rest, raw_err = proc.communicate(timeout=60)
     out, err = (first + rest).decode(), raw_err.decode()
     assert proc.returncode == 0, err
     lines = out.strip().splitlines()
     assert lines[-1] == str(run.pk)  # the run id, alone on the last line
     assert ANSWER in out
-    assert "── draft · round 1 · fake-follow ──" in err
+    assert "── draft · round 1 · writer ──" in err
     assert "· run_completed" in err
 
 

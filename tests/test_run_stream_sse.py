@@ -22,6 +22,11 @@ from runs.models import RunEvent, Workspace
 from runs.services import start_run
 from tests.api_support import make_user
 from tests.conftest import wait_for_run
+from tests.support.llm_server import (  # noqa: F401  (fixtures)
+    llm_server_fixture,
+    llm_server_session_fixture,
+    make_provider,
+)
 from tests.support.procs import ROOT, Proc
 from tests.support.workers import subprocess_env
 
@@ -68,7 +73,7 @@ def _key(workspace: Workspace | None = None, name: str = "watcher") -> str:
 
 
 def _events(url: str, key: str, run_id: Any, *, last_event_id: str = "", stop_after_history: int | None = None,
-            ) -> list[tuple[str, str, dict[str, Any]]]:
+            on_delta: Any = None) -> list[tuple[str, str, dict[str, Any]]]:
     """(event, id, data) until ``end`` (or after ``stop_after_history`` history events: a disconnect)."""
     headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
     if last_event_id:
@@ -88,6 +93,8 @@ def _events(url: str, key: str, run_id: Any, *, last_event_id: str = "", stop_af
                 continue
             name, data = event
             out.append((name, event_id, json.loads(data)))
+            if name == "delta" and on_delta is not None:
+                on_delta(out[-1][2])
             if name == "history":
                 seen_history += 1
                 if stop_after_history is not None and seen_history >= stop_after_history:
@@ -107,13 +114,29 @@ def _streaming_workflow(workflow: Any, name: str) -> None:
     ]})
 
 
-def test_the_stream_delivers_history_events_and_the_text_as_it_is_written(web: str, engine: Any,
-                                                                            workflow: Any) -> None:
-    _streaming_workflow(workflow, "sse-live")
+def test_the_stream_delivers_history_events_and_the_text_as_it_is_written(web: str, engine: Any, workflow: Any,
+                                                                            llm_server: Any) -> None:
+    make_provider(llm_server, "writer", kind="openai", timeout_seconds=30)
+    # The model stalls after a few pieces until the test has seen one arrive: the step cannot be
+    # done before a delta reached the watcher.
+    llm_server.script("writer", {"text": ANSWER, "hang_at": 6, "stream_hang": 30})
+    workflow({"name": "sse-live", "steps": [
+        {"name": "first", "type": "task", "handler": "test.value", "config": {"value": 1}, "next": "draft"},
+        {"name": "draft", "type": "llm", "provider": "writer", "stream": True,
+         "messages": [{"role": "user", "content": "Write forty words"}]},
+    ]})
     key = _key()
     run = start_run("sse-live", {}).run
-    events = _events(web, key, run.pk)
+    seen_running: list[str] = []
 
+    def first_delta(delta: dict[str, Any]) -> None:
+        if not seen_running:
+            seen_running.append(run.steps.get(key="draft").status)
+            llm_server.release()
+
+    events = _events(web, key, run.pk, on_delta=first_delta)
+
+    assert seen_running == ["running"]  # text reached the watcher while the step was writing it
     assert events[-1][0] == "end" and events[-1][2] == {"status": "completed"}
     history = [data for name, _, data in events if name == "history"]
     assert [h["id"] for h in history] == list(RunEvent.objects.filter(run_id=run.pk).order_by("id")
@@ -122,12 +145,11 @@ def test_the_stream_delivers_history_events_and_the_text_as_it_is_written(web: s
     deltas = [data for name, _, data in events if name == "delta"]
     assert len(deltas) > 1  # the text came in pieces
     assert "".join(d["text"] for d in deltas if d["kind"] == "text") == ANSWER
-    assert {(d["step"], d["round"], d["provider"]) for d in deltas} == {("draft", 1, "fake-sse")}
-    # The text arrived before the step's completion was on the record.
+    assert {(d["step"], d["round"], d["provider"]) for d in deltas} == {("draft", 1, "writer")}
     names = [(name, data.get("kind"), data.get("step_key")) for name, _, data in events]
-    first_delta = next(i for i, e in enumerate(names) if e[0] == "delta")
+    first = next(i for i, e in enumerate(names) if e[0] == "delta")
     draft_done = next(i for i, e in enumerate(names) if e[1] == "step_completed" and e[2] == "draft")
-    assert first_delta < draft_done
+    assert first < draft_done
     run = wait_for_run(run.pk)
     assert isinstance(run.output, dict) and run.output["text"] == ANSWER
 
