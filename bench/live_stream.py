@@ -64,10 +64,8 @@ def channel(pieces: int) -> tuple[float, float]:
 
 
 def assembly(pieces: int) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT / "tests" / "support"))
-    from llm_server import anthropic_events, openai_events  # type: ignore[import-not-found]
-
     from providers.wire import AnthropicStream, OpenAIStream, SSEParser
+    from tests.support.llm_server import anthropic_events, openai_events
 
     text = " ".join(f"word{i}" for i in range(pieces * 2))
     openai_whole = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
