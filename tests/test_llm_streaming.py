@@ -178,3 +178,26 @@ def test_a_worker_killed_in_the_middle_of_a_streamed_answer_runs_the_step_again_
     # The half-streamed text of the killed attempt is not in the record anywhere.
     abandoned = LLMCall.objects.get(step=step, round=2, step_attempt=1)
     assert abandoned.result is None and abandoned.output_tokens == 0
+
+
+def test_the_live_channel_is_bounded_and_a_watcher_reads_on_from_its_cursor(db: Any, settings: Any) -> None:
+    import uuid
+
+    settings.STEVORA = {**settings.STEVORA, "LIVE_MAX_PER_RUN": 50}
+    run_id = uuid.uuid4()
+    for i in range(1000):
+        live.publish(run_id, step="draft", attempt=1, round=1, provider="p", text=f"w{i} ", call=1)
+    kept = []
+    cursor = ""
+    while batch := live.read(run_id, cursor, limit=100):
+        kept.extend(batch)
+        cursor = batch[-1]["cursor"]
+    # Trimmed as it grows (Redis: MAXLEN ~, in whole blocks; the file: every 200 rows), newest kept.
+    assert 50 <= len(kept) < 400
+    assert kept[-1]["text"] == "w999 "
+    texts = [d["text"] for d in kept]
+    assert texts == [f"w{i} " for i in range(1000 - len(kept), 1000)]
+    # A watcher resumes after the piece it saw last.
+    middle = kept[len(kept) // 2]
+    after = live.read(run_id, middle["cursor"], limit=1000)
+    assert [d["text"] for d in after] == texts[len(kept) // 2 + 1:]
