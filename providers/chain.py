@@ -33,7 +33,7 @@ from steps.models import StepExecution
 from . import breaker, fake
 from .models import LLMCall, LLMCallStatus, Provider, ProviderKind
 from .registry import Route, api_key
-from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, classify_status, client_for
+from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, SSEParser, classify_status, client_for
 
 logger = logging.getLogger("stevora.providers")
 
@@ -69,6 +69,10 @@ class Scope:
     cost_usd: Decimal = Decimal(0)
     # Digest of the request of the round being asked (stored on its calls, checked on replay).
     request_digest: str = ""
+    # ``stream: true``: ask for Server-Sent Events and send the text to ``live`` as it comes
+    # (``live(call_id, provider, round, kind, text)``; kind ``text`` or ``discard``).
+    stream: bool = False
+    live: Callable[[int, str, int, str, str], None] | None = None
 
 
 @dataclass
@@ -127,6 +131,90 @@ def _send(provider: Provider, http: HttpRequest) -> tuple[int, Any, Any]:
             raise ProviderError(f"malformed response: HTTP {response.status_code} body is not JSON",
                                 permanent=False, status=response.status_code, body=body) from None
     return response.status_code, response.headers, body
+
+
+class _LiveText:
+    """Coalesces a stream's text into pieces for watchers (at most ~20 writes a second): a piece
+    arriving within 50 ms of the last write waits for the next piece or the end of the stream."""
+
+    def __init__(self, scope: Scope, call_id: int, provider: str, round_number: int) -> None:
+        self.scope, self.call_id, self.provider, self.round = scope, call_id, provider, round_number
+        self.pending: list[str] = []
+        self.last = 0.0  # the first piece goes out at once
+        self.sent = False
+
+    def __call__(self, text: str) -> None:
+        self.pending.append(text)
+        if time.monotonic() - self.last >= 0.05 or sum(map(len, self.pending)) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending and self.scope.live is not None:
+            self.scope.live(self.call_id, self.provider, self.round, "text", "".join(self.pending))
+            self.sent = True
+        self.pending = []
+        self.last = time.monotonic()
+
+    def discard(self) -> None:
+        """The attempt failed after some text went out: tell watchers to drop it."""
+        self.pending = []
+        if self.sent and self.scope.live is not None:
+            self.scope.live(self.call_id, self.provider, self.round, "discard", "")
+
+
+def _send_stream(provider: Provider, http: HttpRequest, on_text: Callable[[str], None]) -> tuple[int, Any, Any]:
+    """POST asking for Server-Sent Events; assemble the body a non-streamed request would have got.
+    An error status answers with a JSON body as usual; a stream that is cut, or carries a chunk
+    that is not JSON, raises a transient ProviderError."""
+    client = client_for(provider.kind)
+    timeout = httpx.Timeout(provider.timeout_seconds, connect=provider.connect_timeout_seconds)
+    try:
+        with http_client().stream("POST", http.url, headers=http.headers, json=http.body,
+                                  timeout=timeout) as response:
+            is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+            if response.status_code >= 400 or not is_sse:
+                response.read()
+                try:
+                    body: Any = response.json()
+                except ValueError:
+                    body = {"non_json_body": response.text[:2000]}
+                    if response.status_code < 400:
+                        raise ProviderError(f"malformed response: HTTP {response.status_code} body is neither "
+                                            "an event stream nor JSON", permanent=False,
+                                            status=response.status_code, body=body) from None
+                return response.status_code, response.headers, body
+            assembler = client.assembler()
+            parser = SSEParser()
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is not None:
+                    text = assembler.feed(*event)
+                    if text:
+                        on_text(text)
+                    if assembler.done:
+                        break
+            else:
+                event = parser.feed("")  # a last event without its blank line
+                if event is not None:
+                    text = assembler.feed(*event)
+                    if text:
+                        on_text(text)
+            return response.status_code, response.headers, assembler.body()
+    except httpx.TimeoutException as exc:
+        raise ProviderError(f"timeout after {provider.timeout_seconds}s ({type(exc).__name__})",
+                            permanent=False) from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"connection error: {type(exc).__name__}: {exc}", permanent=False) from None
+
+
+def _fake_stream(provider: Provider, result: ChatResult, on_text: Callable[[str], None]) -> None:
+    """The fake kind streams its scripted text word by word (``options.stream_delay_seconds`` apart)."""
+    delay = float(provider.options.get("stream_delay_seconds") or 0)
+    words = result.text.split(" ")
+    for i, word in enumerate(words):
+        on_text(word if i == len(words) - 1 else word + " ")
+        if delay:
+            time.sleep(delay)
 
 
 # --- records ------------------------------------------------------------------------------
@@ -248,26 +336,42 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
         if provider.kind == ProviderKind.FAKE:
             http = HttpRequest(f"fake://{provider.name}", {}, {"model": model, "messages": req.messages,
                                                                "system": req.system, "tools": req.tools})
+            if scope.stream:
+                http.body["stream"] = True
         else:
             http = client_for(provider.kind).build(provider, model, req, key)
+            if scope.stream:
+                http = client_for(provider.kind).streamed(http)
         call = _start_record(scope, provider, model, round_number, tries, http.redacted())
         scope.calls += 1
         started = time.perf_counter()
+        live = _LiveText(scope, call.pk, provider.name, round_number) if scope.stream else None
         try:
             if provider.kind == ProviderKind.FAKE:
                 result, body, status = fake.answer(provider, req, round_number), None, None
+                if live is not None:
+                    _fake_stream(provider, result, live)
                 body = {"fake": result.to_json()}
             else:
-                status, headers, body = _send(provider, http)
+                if live is not None:
+                    status, headers, body = _send_stream(provider, http, live)
+                else:
+                    status, headers, body = _send(provider, http)
                 if status >= 400:
                     raise classify_status(status, headers, body)
                 result = client_for(provider.kind).parse(provider, body)
+            if live is not None:
+                live.flush()
         except ProviderError as err:
+            if live is not None:
+                live.discard()
             _fail_record(call, err, scope, started)
             if on_failure(err):
                 err.stop_retrying = True
             raise
         except BaseException as exc:  # a step timeout or a bug: leave evidence, then let it through
+            if live is not None:
+                live.discard()
             _fail_record(call, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
                          scope, started)
             raise

@@ -30,11 +30,12 @@ from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from runs.engine.heartbeat import heartbeat
-from steps import types
+from steps import live, types
 from steps.handlers import PermanentError, RetryableError, StepContext, registry
+from steps.models import StepExecution
 from steps.templating import render_value
 
-from . import tool_decisions
+from . import mcp_tools, tool_decisions
 from .chain import Answer, Scope, complete
 from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems
 from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus, ToolEffects
@@ -48,7 +49,7 @@ DEFAULT_MAX_TOOL_ROUNDS = 10
 DEFAULT_SCHEMA_RETRIES = 2
 DEFAULT_GUARDRAIL_RETRIES = 2
 _PASSTHROUGH = ("temperature", "max_tokens", "response_format", "output_schema", "max_schema_retries", "tools",
-                "max_tool_rounds", "guardrails", "fallback")
+                "max_tool_rounds", "guardrails", "fallback", "stream", "mcp_servers")
 
 
 class ToolRoundsExceeded(PermanentError):
@@ -77,6 +78,8 @@ class Tool:
     # wrongly re-running a payment costs more than asking a person once after a crash.
     effects: str = ToolEffects.IRREVERSIBLE
     requires_approval: bool = False
+    mcp_server: dict[str, Any] | None = None  # a tool of an MCP server (``handler`` is "mcp:<server>/<tool>")
+    mcp_tool: str = ""
 
 
 class LLMType(types.StepType):
@@ -135,6 +138,14 @@ def definition_errors(raw: dict[str, Any], handler_exists: Any) -> list[tuple[st
             problem = _schema_error(tool["parameters"])
             if problem:
                 errors.append((f".tools[{i}].parameters", problem))
+    servers: dict[str, int] = {}
+    for i, server in enumerate(raw.get("mcp_servers") or []):
+        if bool(server.get("url")) == bool(server.get("command")):
+            errors.append((f".mcp_servers[{i}]", "give either url (streamable HTTP) or command (stdio), not both"))
+        if server["name"] in servers:
+            errors.append((f".mcp_servers[{i}].name",
+                           f"server name {server['name']!r} is already used by mcp_servers[{servers[server['name']]}]"))
+        servers.setdefault(server["name"], i)
     needs = {"regex": "pattern", "blocklist": "words", "handler": "handler", "schema": "schema"}
     for i, rule in enumerate(raw.get("guardrails") or []):
         path, kind = f".guardrails[{i}]", rule["type"]
@@ -168,6 +179,9 @@ class Agent:
         self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
                            budgeted=run.max_cost_usd is not None or run.max_tokens is not None,
                            first_attempt=self.first_attempt)
+        if self.cfg.get("stream"):
+            self.scope.stream = True
+            self.scope.live = self.publish
         try:
             self.route = resolve(self.cfg)
         except ResolveError as exc:
@@ -183,6 +197,7 @@ class Agent:
             self.tools[tool.name] = tool
         # A fork with replay: recorded answers from its source run's record while the requests match.
         self.recorded = Recorded(run, step)
+        self.load_mcp_tools(step)
         self.schema = self.cfg.get("output_schema")
         self.json = self.cfg.get("response_format") == "json" or self.schema is not None
         # A previous attempt's worker died mid-request: its rows stay as evidence, marked so.
@@ -190,6 +205,35 @@ class Agent:
             LLMCall.objects.filter(step_id=step.pk, status=LLMCallStatus.STARTED, step_attempt__lt=step.attempt).update(
                 status=LLMCallStatus.ABANDONED, error="the worker of this attempt was lost before the answer",
                 finished_at=timezone.now())
+
+    def load_mcp_tools(self, step: Any) -> None:
+        """Tools of the step's MCP servers: fetched when the step first starts and recorded in its
+        ``state``; a re-executed step uses the recorded list (the conversation it replays)."""
+        servers = {s["name"]: s for s in self.cfg.get("mcp_servers") or []}
+        if not servers:
+            return
+        state = step.state if isinstance(step.state, dict) else {}
+        recorded = state.get("mcp_tools")
+        if recorded is None:
+            fetched = [t for server in servers.values() for t in mcp_tools.list_tools(server)]
+            # A concurrent attempt may have recorded its list meanwhile: the first one recorded wins.
+            current = StepExecution.objects.filter(pk=step.pk).values_list("state", flat=True).first() or {}
+            recorded = current.get("mcp_tools") if isinstance(current, dict) else None
+            if recorded is None:
+                recorded = fetched
+                state = {**(current if isinstance(current, dict) else state), "mcp_tools": recorded}
+                StepExecution.objects.filter(pk=step.pk).update(state=state)
+                step.state = state
+        for t in recorded:
+            if t["name"] in self.tools:
+                raise PermanentError(f"mcp_servers {t['server']!r}: tool {t['name']!r} has the name of another tool")
+            self.tools[t["name"]] = Tool(t["name"], f"mcp:{t['server']}/{t['tool']}", t["description"],
+                                         t["parameters"], mcp_server=servers.get(t["server"]), mcp_tool=t["tool"])
+
+    def publish(self, call_id: int, provider: str, round_number: int, kind: str, text: str) -> None:
+        """A streamed answer's text, for watchers only (``steps.live``); never part of the record."""
+        live.publish(self.ctx.run_id, step=self.ctx.key, attempt=self.scope.step_attempt, round=round_number,
+                     provider=provider, text=text, call=call_id, kind=kind)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -359,7 +403,10 @@ class Agent:
             config=arguments, log=self.ctx.log, workflow=self.ctx.workflow,
             extra={"tool": name, "round": round_number, "call_id": call_id}, heartbeat=self.ctx.heartbeat)
         try:
-            output = registry.get(tool.handler)(ctx)
+            if tool.mcp_server is not None:
+                output = mcp_tools.call_tool(tool.mcp_server, tool.mcp_tool, arguments or {})
+            else:
+                output = registry.get(tool.handler)(ctx)
             json.dumps(output)
         except PermanentError as exc:
             self._finish_tool(row, ToolCallStatus.FAILED, error=str(exc) or type(exc).__name__)

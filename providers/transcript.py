@@ -19,6 +19,7 @@ from typing import Any
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
+from runs.models import RunEvent
 from steps.models import StepExecution
 
 from .models import LLMCall, LLMCallStatus, ToolCall
@@ -148,7 +149,23 @@ def render(step: StepExecution) -> SafeString:
     """The transcript as HTML for the admin's run page (the template escapes every value)."""
     output = step.output if isinstance(step.output, dict) else {}
     skipped = [r for r in output.get("route") or [] if isinstance(r, dict) and r.get("outcome") == "skipped"]
+    live = step.status in ("pending", "ready", "running") and _streams(step)
     return render_to_string("providers/transcript.html", {
         "step": step, "turns": build(step), "skipped": skipped,
         "final_json": _pretty(output["json"]) if "json" in output else "",
+        "live": live, "history_after": _last_history_id(step) if live else 0,
     })
+
+
+def _last_history_id(step: StepExecution) -> int:
+    """The watcher starts after the history this page already shows (the text: from its start)."""
+    return RunEvent.objects.filter(run_id=step.run_id).order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _streams(step: StepExecution) -> bool:
+    """Does the step's definition ask for a streamed answer (``stream: true``)?"""
+    definition = step.run.workflow.definition if step.run_id else {}
+    for raw in (definition or {}).get("steps") or []:
+        if isinstance(raw, dict) and raw.get("name") == step.name:
+            return bool(raw.get("stream"))
+    return False

@@ -188,6 +188,13 @@ class Client:
     def parse(self, provider: Provider, body: Any) -> ChatResult:
         raise NotImplementedError
 
+    def streamed(self, http: HttpRequest) -> HttpRequest:
+        """The same request, asking for Server-Sent Events."""
+        raise NotImplementedError
+
+    def assembler(self) -> StreamAssembler:
+        raise NotImplementedError
+
 
 class OpenAIClient(Client):
     """OpenAI Chat Completions: ``POST {base}/v1/chat/completions`` with ``Authorization: Bearer``."""
@@ -237,6 +244,13 @@ class OpenAIClient(Client):
             else:
                 headers["Authorization"] = f"Bearer {key}"
         return HttpRequest(join_url(provider.url_root, provider.options.get("path", self.path)), headers, body)
+
+    def streamed(self, http: HttpRequest) -> HttpRequest:
+        body = {**http.body, "stream": True, "stream_options": {"include_usage": True}}
+        return HttpRequest(http.url, {**http.headers, "Accept": "text/event-stream"}, body)
+
+    def assembler(self) -> StreamAssembler:
+        return OpenAIStream()
 
     def parse(self, provider: Provider, body: Any) -> ChatResult:
         try:
@@ -313,6 +327,12 @@ class AnthropicClient(Client):
             headers["x-api-key"] = key
         return HttpRequest(join_url(provider.url_root, provider.options.get("path", self.path)), headers, body)
 
+    def streamed(self, http: HttpRequest) -> HttpRequest:
+        return HttpRequest(http.url, {**http.headers, "Accept": "text/event-stream"}, {**http.body, "stream": True})
+
+    def assembler(self) -> StreamAssembler:
+        return AnthropicStream()
+
     def parse(self, provider: Provider, body: Any) -> ChatResult:
         if not isinstance(body, dict) or not isinstance(body.get("content"), list):
             raise _malformed("no content array", body)
@@ -331,6 +351,201 @@ class AnthropicClient(Client):
             output_tokens=int(usage.get("output_tokens") or 0), stop_reason=body.get("stop_reason") or "",
             model=body.get("model") or "",
         )
+
+
+# --- streamed answers ---------------------------------------------------------------------
+#
+# An assembler reads the vendor's Server-Sent Events and builds the body the same request
+# would have got without ``stream`` — so ``parse`` turns both into the same ChatResult, and a
+# streamed answer is recorded exactly like a whole one. A stream that ends before the vendor's
+# last event, or carries a chunk that is not JSON, is a transient failure: nothing of it is
+# recorded as the answer.
+
+
+class SSEParser:
+    """Server-Sent Events, line by line (``event:``, ``data:``; a blank line ends an event)."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        if line == "":
+            if not self.data and not self.event:
+                return None
+            out = (self.event or "message", "\n".join(self.data))
+            self.event, self.data = "", []
+            return out
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        return None
+
+
+def _chunk(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise _malformed(f"stream chunk is not JSON: {data[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise _malformed(f"stream chunk is not an object: {data[:200]!r}")
+    return value
+
+
+class StreamAssembler:
+    done = False
+
+    def feed(self, event: str, data: str) -> str:
+        """Take one event; return the text it adds (for watchers), or ``""``."""
+        raise NotImplementedError
+
+    def body(self) -> dict[str, Any]:
+        """The non-streamed body this stream adds up to."""
+        raise NotImplementedError
+
+
+class OpenAIStream(StreamAssembler):
+    """``data: {chat.completion.chunk}`` … ``data: [DONE]``; tool calls arrive as deltas by
+    ``index`` (id and name first, then pieces of the arguments string); with
+    ``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.role = "assistant"
+
+    def feed(self, event: str, data: str) -> str:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        chunk = _chunk(data)
+        if isinstance(chunk.get("error"), dict):
+            raise ProviderError(f"stream error: {error_message(chunk, 'error in stream')}", permanent=False,
+                                body=chunk)
+        if not self.head:
+            self.head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        added = ""
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            self.role = delta.get("role") or self.role
+            if delta.get("content"):
+                self.content.append(delta["content"])
+                added += delta["content"]
+            if delta.get("refusal"):
+                self.refusal.append(delta["refusal"])
+                added += delta["refusal"]
+            for tc in delta.get("tool_calls") or []:
+                slot = self.calls.setdefault(int(tc.get("index", 0)),
+                                             {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    slot["function"]["name"] += fn["name"]
+                if fn.get("arguments"):
+                    slot["function"]["arguments"] += fn["arguments"]
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return added
+
+    def body(self) -> dict[str, Any]:
+        if not self.done:
+            raise _malformed("the stream ended before data: [DONE]")
+        message: dict[str, Any] = {"role": self.role, "content": "".join(self.content) or None}
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        body = {**self.head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}]}
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body
+
+
+class AnthropicStream(StreamAssembler):
+    """``message_start`` (the message, ``usage.input_tokens``), per content block
+    ``content_block_start`` / ``content_block_delta`` (``text_delta``, ``input_json_delta``) /
+    ``content_block_stop``, ``message_delta`` (``stop_reason``, cumulative ``usage.output_tokens``),
+    ``message_stop``; ``ping`` is ignored and ``error`` fails the attempt."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.partial_json: dict[int, list[str]] = {}
+
+    def feed(self, event: str, data: str) -> str:
+        chunk = _chunk(data)
+        kind = chunk.get("type") or event
+        if kind == "ping":
+            return ""
+        if kind == "error":
+            err = chunk.get("error") or {}
+            raise ProviderError(f"stream error: {error_message(chunk, 'error in stream')}",
+                                permanent=False, body=chunk,
+                                counts_for_breaker=err.get("type") != "invalid_request_error")
+        if kind == "message_start":
+            self.message = dict(chunk.get("message") or {})
+            self.message["content"] = []
+            return ""
+        if self.message is None:
+            raise _malformed(f"stream event {kind!r} before message_start")
+        index = int(chunk.get("index", 0))
+        if kind == "content_block_start":
+            self.blocks[index] = dict(chunk.get("content_block") or {})
+            if self.blocks[index].get("type") == "tool_use":
+                self.partial_json[index] = []
+            return ""
+        if kind == "content_block_delta":
+            block = self.blocks.get(index)
+            delta = chunk.get("delta") or {}
+            if block is None:
+                raise _malformed(f"content_block_delta for block {index} before its content_block_start")
+            if delta.get("type") == "text_delta":
+                block["text"] = (block.get("text") or "") + delta.get("text", "")
+                return str(delta.get("text", ""))
+            if delta.get("type") == "input_json_delta":
+                self.partial_json.setdefault(index, []).append(delta.get("partial_json", ""))
+            return ""
+        if kind == "content_block_stop":
+            block = self.blocks.get(index)
+            if block is not None and index in self.partial_json:
+                raw = "".join(self.partial_json.pop(index))
+                try:
+                    block["input"] = json.loads(raw) if raw.strip() else {}
+                except ValueError:
+                    block["input"] = raw  # parse() reports it as arguments that are not JSON
+            return ""
+        if kind == "message_delta":
+            delta = chunk.get("delta") or {}
+            for key in ("stop_reason", "stop_sequence"):
+                if key in delta:
+                    self.message[key] = delta[key]
+            usage = dict(self.message.get("usage") or {})
+            usage.update({k: v for k, v in (chunk.get("usage") or {}).items() if v is not None})
+            self.message["usage"] = usage
+            return ""
+        if kind == "message_stop":
+            self.done = True
+        return ""
+
+    def body(self) -> dict[str, Any]:
+        if not self.done or self.message is None:
+            raise _malformed("the stream ended before message_stop")
+        return {**self.message, "content": [self.blocks[i] for i in sorted(self.blocks)]}
 
 
 CLIENTS: dict[str, Client] = {

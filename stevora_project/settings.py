@@ -270,6 +270,12 @@ STEVORA: dict[str, Any] = {
     "OTLP_TRACES_ENDPOINT": env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
         (env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or "").rstrip("/") + "/v1/traces"
         if env_str("OTEL_EXPORTER_OTLP_ENDPOINT") else ""),
+    # Live output (streamed LLM text, steps/live.py): kept this long, at most this many pieces per run.
+    "LIVE_TTL_SECONDS": env_int("STEVORA_LIVE_TTL_SECONDS", 3600, minimum=1),
+    "LIVE_MAX_PER_RUN": env_int("STEVORA_LIVE_MAX_PER_RUN", 5000, minimum=10),
+    # One GET /api/v1/runs/<id>/stream/ answers this long at most, then the client reconnects with
+    # Last-Event-ID (below gunicorn's 30 s sync-worker timeout).
+    "SSE_MAX_SECONDS": env_float("STEVORA_SSE_MAX_SECONDS", 25.0, minimum=1),
 }
 
 if STEVORA["API_RATE"] == "off":

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from api import runs as runs_api
+from api.run_stream import RunStream
 from api.urls import urlpatterns as api_pages
 from approvals.api import ApprovalBulkDecide, ApprovalDecide, ApprovalList
 from events.api import EventDeliver
@@ -34,6 +35,7 @@ api_v1 = [
     path(RUN + "fork/", runs_api.RunFork.as_view(), name="run-fork"),
     path(RUN + "history/", runs_api.RunHistory.as_view(), name="run-history"),
     path(RUN + "diff/<uuid:other_id>/", runs_api.RunDiff.as_view(), name="run-diff"),
+    path(RUN + "stream/", RunStream.as_view(), name="run-stream"),
     path(RUN + "cost/", RunCost.as_view(), name="run-cost"),
     re_path(r"^runs/(?P<run_id>[0-9a-f-]{36})/steps/(?P<step_key>[^/]+)/$", runs_api.StepDetail.as_view(),
             name="step"),

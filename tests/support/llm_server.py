@@ -14,6 +14,10 @@ actions, one per request; when it runs dry the prefix's default answers::
     {"hang": 5}                                    answer only after 5 s (or release())
     {"raw": "{not json", "status": 200}            a malformed body
 
+A request with ``"stream": true`` gets the same answer as the vendor streams it
+(``openai_events`` / ``anthropic_events``); ``cut_after``, ``malformed_at``, ``hang_at``
+and ``chunk_delay`` in the action break or slow the stream (see ``Handler._stream``).
+
 Worker subprocesses reach it through the provider's ``base_url``; counts and requests
 are kept here, in the test process.
 """
@@ -38,6 +42,7 @@ class LLMServer:
         self.defaults: dict[str, dict[str, Any]] = {}
         self.received: dict[str, list[dict[str, Any]]] = {}
         self.server_seconds = 0.0
+        self.events_sent = 0
         self.released = threading.Event()
         server = self
 
@@ -67,6 +72,11 @@ class LLMServer:
                 if hang:
                     server.released.wait(float(hang))
                 status, headers, payload = server._respond(fmt, action, body, dict(self.headers))
+                if status == 200 and isinstance(body, dict) and body.get("stream") and "raw" not in action:
+                    self._stream(fmt, action, body, payload, headers)
+                    with server.lock:
+                        server.server_seconds += time.perf_counter() - t0
+                    return
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -80,6 +90,48 @@ class LLMServer:
                     pass  # the client gave up (timeout) before we answered
                 with server.lock:
                     server.server_seconds += time.perf_counter() - t0 - (float(hang) if hang else 0.0)
+
+            def _stream(self, fmt: str, action: dict[str, Any], body: dict[str, Any], whole: dict[str, Any],
+                        headers: dict[str, str]) -> None:
+                """The answer ``whole`` as the vendor streams it (chunked Server-Sent Events).
+                ``cut_after: N`` closes the connection after N events (no last chunk);
+                ``malformed_at: N`` sends a chunk that is not JSON as event N;
+                ``hang_at: N`` waits (up to ``hang`` s, or release()) before event N;
+                ``chunk_delay``: seconds between events."""
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                events = (anthropic_events(whole) if fmt == "anthropic"
+                          else openai_events(whole, usage=include_usage))
+                cut = action.get("cut_after")
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                    self.send_header("Cache-Control", "no-cache")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    for n, event in enumerate(events):
+                        if cut is not None and n >= int(cut):
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(2)
+                            return
+                        if action.get("hang_at") is not None and n == int(action["hang_at"]):
+                            self.wfile.flush()
+                            server.released.wait(float(action.get("stream_hang", 60)))
+                        if action.get("malformed_at") is not None and n == int(action["malformed_at"]):
+                            event = "data: {not json\n\n"
+                        data = event.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                        with server.lock:
+                            server.events_sent += 1
+                        if action.get("chunk_delay"):
+                            time.sleep(float(action["chunk_delay"]))
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -115,6 +167,7 @@ class LLMServer:
             self.defaults.clear()
             self.received.clear()
             self.server_seconds = 0.0
+            self.events_sent = 0
         self.released.clear()
 
     def release(self) -> None:
@@ -179,6 +232,85 @@ class LLMServer:
             "choices": [{"index": 0, "message": reply, "finish_reason": "tool_calls" if calls else "stop"}],
             "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]},
         }
+
+
+def _pieces(text: str, size: int = 2) -> list[str]:
+    """Text in pieces of ``size`` words (spaces kept), as a model writes it."""
+    words = text.split(" ")
+    out = []
+    for i in range(0, len(words), size):
+        piece = " ".join(words[i:i + size])
+        out.append(piece + (" " if i + size < len(words) else ""))
+    return [p for p in out if p]
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return head + "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n"
+
+
+def openai_events(whole: dict[str, Any], *, usage: bool) -> list[str]:
+    """OpenAI Chat Completions ``stream: true``: chat.completion.chunk objects, tool calls as
+    deltas by index, a usage chunk with empty choices (``stream_options.include_usage``), [DONE]."""
+    head = {"id": whole["id"], "object": "chat.completion.chunk", "created": whole["created"],
+            "model": whole["model"], "system_fingerprint": "fp_test"}
+    choice = whole["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage:
+            body["usage"] = None
+        return _sse(body)
+
+    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    events += [chunk({"content": piece}) for piece in _pieces(message.get("content") or "")]
+    for i, tc in enumerate(message.get("tool_calls") or []):
+        events.append(chunk({"tool_calls": [{"index": i, "id": tc["id"], "type": "function",
+                                             "function": {"name": tc["function"]["name"], "arguments": ""}}]}))
+        args = tc["function"]["arguments"]
+        half = len(args) // 2
+        for part in (args[:half], args[half:]):
+            if part:
+                events.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+    events.append(chunk({}, choice["finish_reason"]))
+    if usage:
+        events.append(_sse({**head, "choices": [], "usage": whole["usage"]}))
+    events.append(_sse("[DONE]"))
+    return events
+
+
+def anthropic_events(whole: dict[str, Any]) -> list[str]:
+    """Anthropic Messages ``stream: true``: message_start, per block content_block_start /
+    content_block_delta (text_delta, input_json_delta) / content_block_stop, message_delta with
+    stop_reason and usage.output_tokens, message_stop; a ping after the first block starts."""
+    start = {**whole, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": whole["usage"]["input_tokens"], "output_tokens": 1}}
+    events = [_sse({"type": "message_start", "message": start}, "message_start")]
+    for index, block in enumerate(whole["content"]):
+        if block["type"] == "text":
+            events.append(_sse({"type": "content_block_start", "index": index,
+                                "content_block": {"type": "text", "text": ""}}, "content_block_start"))
+            if index == 0:
+                events.append(_sse({"type": "ping"}, "ping"))
+            for piece in _pieces(block["text"]):
+                events.append(_sse({"type": "content_block_delta", "index": index,
+                                    "delta": {"type": "text_delta", "text": piece}}, "content_block_delta"))
+        else:
+            events.append(_sse({"type": "content_block_start", "index": index, "content_block": {
+                "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}, "content_block_start"))
+            raw = json.dumps(block["input"])
+            half = len(raw) // 2
+            for part in (raw[:half], raw[half:]):
+                events.append(_sse({"type": "content_block_delta", "index": index,
+                                    "delta": {"type": "input_json_delta", "partial_json": part}},
+                                   "content_block_delta"))
+        events.append(_sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": whole["stop_reason"],
+                                                            "stop_sequence": None},
+                        "usage": {"output_tokens": whole["usage"]["output_tokens"]}}, "message_delta"))
+    events.append(_sse({"type": "message_stop"}, "message_stop"))
+    return events
 
 
 @pytest.fixture(scope="session", name="llm_server_session")

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from runs.cli import STATUS_MARK, parse_json_arg
+from runs.follow import Follower
 from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunStatus, Workflow
 from runs.services import StartError, start_run
 from runs.services.workers import stall_hints
@@ -30,6 +31,10 @@ class Command(BaseCommand):
         parser.add_argument("--workflow-version", type=int, help="a specific version (default: latest)")
         parser.add_argument("--idempotency-key", help="the same key returns the same run")
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish or park")
+        parser.add_argument("--follow", action="store_true",
+                            help="with --wait: print the run's history on stderr and its LLM steps' streamed "
+                                 "text (steps with stream: true) on stdout as they come, instead of the "
+                                 "progress line")
         parser.add_argument("--timeout", type=float, default=None,
                             help="with --wait: give up waiting after this many seconds (exit 2; the run goes "
                                  "on). Default: wait forever")
@@ -45,6 +50,8 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"--input-file: cannot read {path}: {exc.strerror}") from None
             run_input = parse_json_arg(text, f"--input-file {path}")
+        if options["follow"] and not options["wait"]:
+            raise CommandError("--follow needs --wait")
         if options["timeout"] is not None and options["timeout"] <= 0:
             raise CommandError("--timeout must be a positive number of seconds")
         try:
@@ -56,7 +63,8 @@ class Command(BaseCommand):
         if not result.created:
             self.stderr.write(f"idempotency key matched an existing run ({run.status})")
         if options["wait"]:
-            code = wait_for(run.pk, options["timeout"], self.stderr)
+            follower = Follower(run.pk, self.stdout, self.stderr) if options["follow"] else None
+            code = wait_for(run.pk, options["timeout"], self.stderr, follower)
             self.stdout.write(str(run.pk))
             sys.exit(code)
         self.stdout.write(str(run.pk))
@@ -82,22 +90,27 @@ def start_error_text(exc: StartError, name: str) -> str:
     return message
 
 
-def wait_for(run_id: Any, timeout: float | None, err: Any) -> int:
-    """Poll the run, drawing one progress line on stderr, until it ends or parks."""
+def wait_for(run_id: Any, timeout: float | None, err: Any, follower: Follower | None = None) -> int:
+    """Poll the run, drawing one progress line on stderr (or, following, its history and streamed
+    text), until it ends or parks."""
     deadline = time.monotonic() + timeout if timeout else None
-    tty = err.isatty() if hasattr(err, "isatty") else False
+    tty = (err.isatty() if hasattr(err, "isatty") else False) and follower is None
     last = ""
     interval = 0.05
     next_check = time.monotonic() + 3.0  # then every 2 s: say why nothing moves, once per reason
     told: set[str] = set()
     while True:
         run = Run.objects.get(pk=run_id)
+        if follower is not None:
+            follower.pump()  # after reading the status: all that came before it is written
+            if run.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.WAITING):
+                follower.close()
         rows = list(StepExecution.objects.filter(run_id=run_id).order_by("id").values_list("key", "status"))
         done = sum(1 for _, s in rows if s == "completed")
         current = [k for k, s in rows if s in ("running", "ready", "waiting")]
         marks = "".join(STATUS_MARK.get(s, "?") for _, s in rows)
         line = f"[{run.status}] {done}/{len(rows)} steps done {marks}  {' '.join(current[:3])}"
-        if line != last:
+        if line != last and follower is None:
             if tty:
                 err.write("\r\033[K" + line, ending="")
                 err.flush()
@@ -128,10 +141,12 @@ def wait_for(run_id: Any, timeout: float | None, err: Any) -> int:
                     last = ""
         if deadline is not None and time.monotonic() > deadline:
             _finish(err, tty)
+            if follower is not None:
+                follower.close()
             err.write(f"timed out after {timeout}s; the run goes on ({run.status})")
             return EXIT_TIMEOUT
         time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, 0.1 if follower is not None else 0.5)
 
 
 PARKING_TYPES = ("approval", "external_event")
