@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 
-from providers.models import LLMCall, LLMCallStatus, ToolCall
+from approvals.models import Approval, ApprovalStatus
+from approvals.services import decide
+from providers.models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus
 from runs.definitions import DefinitionError
+from runs.models import Run, RunStatus
 from runs.services import load_workflow, start_run
+from steps.models import StepExecution, StepStatus
 from tests.conftest import read_ledger, wait_for_run
 from tests.support.llm_server import (  # noqa: F401  (fixtures)
     llm_server_fixture,
@@ -111,6 +115,38 @@ def test_a_worker_killed_after_an_mcp_call_resumes_without_calling_it_again(
     assert ToolCall.objects.get(step=step).output["content"] == "[redacted]"
     assert "mcp-secret-1" not in json.dumps(list(ToolCall.objects.filter(step=step).values()), default=str)
     assert "mcp-secret-1" not in json.dumps(third)
+
+
+def test_a_worker_killed_during_an_mcp_call_parks_the_step_and_never_calls_again_on_its_own(
+        fresh_engine: Any, workflow: Any, llm_server: Any, mcp: MCPServer, alice: Any) -> None:
+    # An MCP tool's effects are unknown to the engine: irreversible unless declared. Cut off by
+    # a crash mid-call, it waits for a person (the approval inbox), holding no worker.
+    make_provider(llm_server, "agent", kind="openai", max_retries=0)
+    llm_server.script("agent", {"tool_calls": [{"id": "s1", "name": "ops__slow", "arguments": {"seconds": 60}}]},
+                      {"text": "never asked"})
+    workflow(llm_workflow("mcp-cut", provider="agent", mcp_servers=[{"name": "ops", "url": mcp.url,
+                                                                    "allow": ["slow"]}]))
+    worker = fresh_engine()
+    run = start_run("mcp-cut", {}).run
+    wait_until(lambda: mcp.count("slow") == 1, timeout=30, message="the MCP call to reach the server")
+    worker.kill()
+    fresh_engine()
+    approval = wait_until(lambda: Approval.objects.filter(run_id=run.pk, kind="tool_crash",
+                                                          status=ApprovalStatus.PENDING).first(),
+                          timeout=30, message="a pending tool_crash approval")
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == RunStatus.WAITING, timeout=30,
+               message="the run to wait")
+    row = ToolCall.objects.get(step__run_id=run.pk, call_id="s1")
+    assert (row.handler, row.status, row.effects, row.executions) == (
+        "mcp:ops/slow", ToolCallStatus.NEEDS_DECISION, "irreversible", 1)
+    step = StepExecution.objects.get(run_id=run.pk, key="ask")
+    assert (step.status, step.lease_owner) == (StepStatus.WAITING, "")
+    assert mcp.count("slow") == 1 and llm_server.count("agent") == 1
+
+    decide(approval.pk, user=alice, approve=False, comment="it may have gone through; a person checks")
+    run = wait_for_run(run.pk, timeout=60)
+    assert run.status == "failed"
+    assert mcp.count("slow") == 1 and llm_server.count("agent") == 1  # never called again
 
 
 def test_a_local_command_speaking_stdio_serves_tools(engine: Any, workflow: Any, llm_server: Any,

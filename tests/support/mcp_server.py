@@ -6,7 +6,8 @@ headers each call came with. As a command (``python -m tests.support.mcp_server 
 --ledger PATH``) it speaks stdio and appends one line per call to the ledger.
 
 Tools: ``add(a, b)`` (structured result), ``shout(text)``, ``fail(reason)`` (an error
-result), ``whoami()`` (the Authorization header it received).
+result), ``whoami()`` (the Authorization header it received), ``slow(seconds)`` (answers
+after that long).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import anyio
 from mcp.server.fastmcp import Context, FastMCP
 
 
@@ -38,6 +40,12 @@ def build(record: Any) -> FastMCP:
     def fail(reason: str) -> str:
         record("fail", None)
         raise ValueError(f"refused: {reason}")
+
+    @server.tool(description="Take a while, then say done")
+    async def slow(seconds: float) -> str:
+        record("slow", None)
+        await anyio.sleep(seconds)
+        return "done"
 
     @server.tool(description="The Authorization header of this request")
     def whoami(ctx: Context) -> str:
