@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q
 
-from runs.definitions import spec_for
+from runs.definitions import DefinitionError, spec_for
 from runs.errors import StartError
 from runs.models import Workflow, record
 from runs.services import start_run
@@ -34,7 +34,14 @@ def workflow_stored(sender: Any, instance: Workflow, created: bool, raw: bool = 
 
 
 def sync_event_triggers(workflow: Workflow) -> list[EventTrigger]:
-    spec = spec_for(workflow)
+    try:
+        spec = spec_for(workflow)
+    except DefinitionError as exc:
+        # Only load_workflow stores definitions, validated; a row written some other way (a
+        # fixture, a data migration) that is not one starts nothing rather than failing the save.
+        logger.warning("workflow %s v%s: not a valid definition, no event triggers: %s",
+                       workflow.name, workflow.version, exc)
+        return []
     EventTrigger.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name).delete()
     return [EventTrigger.objects.create(
         workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,

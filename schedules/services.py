@@ -10,7 +10,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 
-from runs.definitions import TriggerSpec, spec_for
+from runs.definitions import DefinitionError, TriggerSpec, spec_for
 from runs.errors import NotFound, StartError
 from runs.models import Workflow, Workspace, record
 from runs.services import start_run
@@ -38,7 +38,14 @@ def sync_schedules(workflow: Workflow) -> list[Schedule]:
     unchanged keeps its next tick and paused state (reloading does not shift or unpause
     it); a changed one starts at its first tick after now; one that is gone is deleted.
     """
-    spec = spec_for(workflow)
+    try:
+        spec = spec_for(workflow)
+    except DefinitionError as exc:
+        # Only load_workflow stores definitions, validated; a row written some other way that
+        # is not one schedules nothing rather than failing the save.
+        logger.warning("workflow %s v%s: not a valid definition, no schedules: %s", workflow.name,
+                       workflow.version, exc)
+        return []
     wanted = [t for t in spec.triggers if t.is_schedule]
     now = clock.now()
     existing = {s.trigger_index: s for s in Schedule.objects.filter(workspace_id=workflow.workspace_id,

@@ -198,7 +198,8 @@ def test_ids_past_the_columns_are_not_found(api: APIClient, url: str) -> None:
 
 def _api_urls() -> list[str]:
     """A concrete URL for every route under /api/ (path parameters filled in)."""
-    fill = {"<uuid:run_id>": "00000000-0000-0000-0000-000000000000", "<str:name>": "free", "<int:version>": "1",
+    fill = {"<uuid:run_id>": "00000000-0000-0000-0000-000000000000",
+            "<uuid:other_id>": "00000000-0000-0000-0000-000000000001", "<str:name>": "free", "<int:version>": "1",
             "<int:approval_id>": "1", "<int:schedule_id>": "1",
             "(?P<run_id>[0-9a-f-]{36})": "00000000-0000-0000-0000-000000000000", "(?P<step_key>[^/]+)": "a"}
     urls: list[str] = []

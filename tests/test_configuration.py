@@ -30,7 +30,7 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     ("STEVORA_MAX_RECOVERIES", "many", "STEVORA_MAX_RECOVERIES must be an integer, got 'many'"),
     ("STEVORA_HTTP_ALLOW_PRIVATE", "perhaps", "STEVORA_HTTP_ALLOW_PRIVATE must be one of"),
     ("DATABASE_URL", "mysql://u@h/db", "DATABASE_URL must be a postgres:// (or sqlite://) URL"),
-    ("CELERY_BROKER_URL", "kafka://h", "CELERY_BROKER_URL must be a redis:// URL"),
+    ("CELERY_BROKER_URL", "kafka://h", "CELERY_BROKER_URL must be a redis:// or amqp:// (RabbitMQ) URL"),
     ("STEVORA_HANDLER_MODULES", "no_such_module_here", "STEVORA_HANDLER_MODULES: cannot import 'no_such_module_here'"),
     ("STEVORA_DB_PREPARED_STATEMENTS", "sometimes", "STEVORA_DB_PREPARED_STATEMENTS must be one of"),
 ])
