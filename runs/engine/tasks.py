@@ -7,7 +7,7 @@ so it never waits in the step queue behind a backlog (``sweeper``).
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 
 from .dispatch import RUN_STEP, WAKE_STEP
 from .executor import process_step
@@ -21,7 +21,15 @@ _INFRA_ERRORS = (OperationalError, InterfaceError)
 @shared_task(name=RUN_STEP, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              autoretry_for=_INFRA_ERRORS, retry_backoff=True, retry_backoff_max=30, max_retries=5)
 def run_step(step_id: int) -> None:
-    process_step(int(step_id))
+    try:
+        process_step(int(step_id))
+    except _INFRA_ERRORS:
+        # Most often a connection that broke while this process was idle (a PostgreSQL
+        # restart): once more at once on a fresh one, rather than after Celery's backoff. The
+        # claim makes a second call harmless if the first got further than it seems.
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+        process_step(int(step_id))
 
 
 @shared_task(name=WAKE_STEP, acks_late=True, ignore_result=True,
