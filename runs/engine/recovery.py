@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
@@ -131,6 +132,12 @@ def redispatch_ready() -> int:
         return 0
     now = t.now()
     gap = timedelta(seconds=settings.STEVORA["REDISPATCH_SECONDS"])
+    if _broker_restarted():
+        # Redis came back as a new server (its run_id changed): whatever was queued before is
+        # gone, unless it persisted. Ring every ready step now rather than a redispatch
+        # interval later; a doorbell that survived makes a duplicate, which the claim ignores.
+        logger.warning("the broker restarted: ringing every ready step again")
+        StepExecution.objects.filter(status=StepStatus.READY, dispatched_at__lt=now).update(dispatched_at=None)
     rows = list(
         StepExecution.objects.filter(status=StepStatus.READY, run__status__in=_LIVE_RUNS)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
@@ -160,6 +167,25 @@ def redispatch_ready() -> int:
         fx.flush()
     dispatch_steps(due, urgent=True)
     return len(due)
+
+
+_broker_seen: dict[str, Any] = {"run_id": None, "client": None}
+
+
+def _broker_restarted() -> bool:
+    """Has the Redis broker restarted since the last sweep (``INFO server`` ``run_id``)?
+    Other brokers: never said (RabbitMQ keeps durable queues across restarts)."""
+    if settings.BROKER_SCHEME not in ("redis", "rediss"):
+        return False
+    try:
+        if _broker_seen["client"] is None:
+            _broker_seen["client"] = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2,
+                                                          socket_connect_timeout=2)
+        run_id = _broker_seen["client"].info("server").get("run_id")
+    except Exception:  # down right now: the publish fails too, and the rows say so
+        return False
+    previous, _broker_seen["run_id"] = _broker_seen["run_id"], run_id
+    return previous is not None and run_id != previous
 
 
 def wake_due() -> int:
