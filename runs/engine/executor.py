@@ -255,28 +255,31 @@ def _execute_and_commit(row: StepExecution) -> StepExecution | None:
     return _committing(partial(commit_success, row, spec, wf, output, owner, rendered=rendered))
 
 
-_COMMIT_TRIES = 4
+def commit_patience() -> float:
+    """How long a finished attempt keeps trying to commit while the database is away."""
+    return max(lease_seconds(), 10.0)
 
 
 def _committing(commit: Callable[[], StepExecution | None]) -> StepExecution | None:
-    """Commit a finished attempt, again on a fresh connection if the database connection broke
-    (a PostgreSQL restart while the handler ran): the result is in hand and the lease still
-    ours, so it is worth a few tries within the lease rather than running the step again.
-    The fence makes a repeated commit harmless: if the first one did land, the second finds
+    """Commit a finished attempt, again on a fresh connection while the database is away (a
+    PostgreSQL restart while the handler ran): the result is in hand, so it is worth trying
+    for a while (``commit_patience``) rather than running the step again. The fence makes
+    that safe however long it takes: the commit lands only if the step is still this
+    attempt's (nobody recovered it meanwhile), and a repeat of a commit that did land finds
     the step no longer ours and discards."""
-    delay = 0.2
-    for tries_left in range(_COMMIT_TRIES - 1, -1, -1):
+    deadline = time.monotonic() + commit_patience()
+    delay = 0.1
+    while True:
         try:
             return commit()
         except (OperationalError, InterfaceError):
-            if tries_left == 0:
+            if time.monotonic() + delay > deadline:
                 raise
             logger.warning("committing a step failed on a broken database connection; trying again in %gs", delay)
             for conn in connections.all(initialized_only=True):
                 conn.close_if_unusable_or_obsolete()
             time.sleep(delay)
-            delay = min(delay * 2, lease_seconds() / 4)
-    return None
+            delay = min(delay * 2, 1.0)
 
 
 def _fence(row: StepExecution, owner: str) -> Any:
