@@ -13,13 +13,15 @@ from .dispatch import RUN_STEP, WAKE_STEP
 from .executor import process_step
 from .recovery import wake_step as wake
 
-# Infrastructure hiccups (a dropped DB connection) are retried by Celery with a short
-# backoff; step failures are retried by the step's own policy, recorded in its row.
+# Infrastructure hiccups (a dropped DB connection, a database restarting) are retried by
+# Celery every second for half a minute — a doorbell is cheap and the claim makes repeats
+# harmless, while a growing backoff left steps idle for seconds after the database was back;
+# the reconciler re-rings past that. Step failures are retried by the step's own policy.
 _INFRA_ERRORS = (OperationalError, InterfaceError)
 
 
 @shared_task(name=RUN_STEP, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-             autoretry_for=_INFRA_ERRORS, retry_backoff=True, retry_backoff_max=30, max_retries=5)
+             autoretry_for=_INFRA_ERRORS, retry_backoff=False, default_retry_delay=1, max_retries=30)
 def run_step(step_id: int) -> None:
     try:
         process_step(int(step_id))
@@ -33,6 +35,6 @@ def run_step(step_id: int) -> None:
 
 
 @shared_task(name=WAKE_STEP, acks_late=True, ignore_result=True,
-             autoretry_for=_INFRA_ERRORS, retry_backoff=True, retry_backoff_max=30, max_retries=5)
+             autoretry_for=_INFRA_ERRORS, retry_backoff=False, default_retry_delay=1, max_retries=30)
 def wake_step(step_id: int) -> None:
     wake(int(step_id))
