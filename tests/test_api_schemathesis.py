@@ -25,10 +25,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from runs.models import Workspace
 from runs.services import load_workflow, start_run
 from tests.api_support import approval_first, three_steps
 from tests.support.procs import ROOT, Proc
+from tests.support.tree import start_gunicorn
 from tests.support.workers import subprocess_env
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "5"))
@@ -60,37 +59,11 @@ postgres_only = pytest.mark.skipif(connection.vendor != "postgresql",
                                    reason="runs on PostgreSQL (the production database); see the module docstring")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def gunicorn(transactional_db: Any) -> Any:
-    port = _free_port()
     env = subprocess_env(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(40),
                          DJANGO_SETTINGS_MODULE="stevora_project.settings_test")
-    argv = [sys.executable, "-m", "gunicorn", "stevora_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "120",
-            "--log-level", "warning"]
-    proc = Proc(argv, env, "gunicorn")
-    # Ready when it answers; /api/v1/runs/ (a 401), never the schema: its first request is the test's.
-    with open(proc.log_path, "ab") as log:
-        proc.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v1/runs/", timeout=2).status_code == 401:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{proc.log()}")
-        time.sleep(0.1)
+    url, proc = start_gunicorn(env, threads=8, timeout=120)
     yield url, proc
     proc.kill()
 

@@ -5,10 +5,6 @@ a run's history events and its streamed LLM text as Server-Sent Events; resumabl
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,42 +23,17 @@ from tests.support.llm_server import (  # noqa: F401  (fixtures)
     llm_server_session_fixture,
     make_provider,
 )
-from tests.support.procs import ROOT, Proc
+from tests.support.tree import start_gunicorn
 from tests.support.workers import subprocess_env
 
 ANSWER = " ".join(f"word{i}" for i in range(40))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def web(transactional_db: Any) -> Iterator[str]:
-    port = _free_port()
     env = subprocess_env(DEBUG="0", SECRET_KEY="sse-test-secret-key-" + "x" * 40, STEVORA_SSE_MAX_SECONDS="20",
                          DJANGO_SETTINGS_MODULE="stevora_project.settings_test")
-    argv = [sys.executable, "-m", "gunicorn", "stevora_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", "1", "--worker-class", "gthread", "--threads", "4", "--timeout", "60",
-            "--log-level", "warning"]
-    proc = Proc(argv, env, "gunicorn")
-    with open(proc.log_path, "ab") as log:
-        proc.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v1/runs/", timeout=2).status_code == 401:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{proc.log()}")
-        time.sleep(0.1)
+    url, proc = start_gunicorn(env, threads=4, timeout=60)
     yield url
     proc.kill()
 

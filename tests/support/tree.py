@@ -9,12 +9,15 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .procs import ROOT
+import httpx
+
+from .procs import ROOT, Proc
 
 
 def copy_tree(dest: Path) -> Path:
@@ -93,3 +96,29 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+def start_gunicorn(env: dict[str, str], *, threads: int, timeout: int) -> tuple[str, Proc]:
+    """gunicorn as deployed (one gthread worker) on a free port of 127.0.0.1, once the API
+    answers (``/api/v1/runs/`` with its 401: never a route a test means to be the first to
+    call). Returns its URL and the process (``proc.log()``; stop it with ``proc.kill()``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "stevora_project.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            "--workers", "1", "--worker-class", "gthread", "--threads", str(threads), "--timeout", str(timeout),
+            "--log-level", "warning"]
+    proc = Proc(argv, env, "gunicorn")
+    with open(proc.log_path, "ab") as log:
+        proc.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/runs/", timeout=2).status_code == 401:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        if proc.proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"gunicorn did not start:\n{proc.log()}")
+        time.sleep(0.1)
