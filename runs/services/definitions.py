@@ -16,11 +16,13 @@ from runs.models import Workflow, Workspace
 
 class HandlerCheck:
     """Is a handler name known: registered in this process, or advertised by a live worker
-    (the web process need not import the workers' handler modules). Remembers, for
-    warnings, the names only live workers have, and the names this process has but no
-    live worker does (runs would wait for a worker with them)."""
+    (the web process need not import the workers' handler modules). With ``warn``, it also
+    remembers the names only live workers have, and the names this process has but no live
+    worker does (runs would wait for a worker with them); without, it asks the registry
+    only about names this process lacks."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, warn: bool = False) -> None:
+        self.warn = warn
         self.elsewhere: list[str] = []
         self.not_on_workers: list[str] = []
         self._live: list[set[str]] | None = None
@@ -31,13 +33,14 @@ class HandlerCheck:
         return self._live
 
     def __call__(self, name: str) -> bool:
-        live = self._workers()
         if handler_registered(name):
-            if live and not any(name in handlers for handlers in live) and name not in self.not_on_workers:
-                self.not_on_workers.append(name)
+            if self.warn:
+                live = self._workers()
+                if live and not any(name in handlers for handlers in live) and name not in self.not_on_workers:
+                    self.not_on_workers.append(name)
             return True
-        if any(name in handlers for handlers in live):
-            if name not in self.elsewhere:
+        if any(name in handlers for handlers in self._workers()):
+            if self.warn and name not in self.elsewhere:
                 self.elsewhere.append(name)
             return True
         return False

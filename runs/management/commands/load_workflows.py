@@ -29,7 +29,7 @@ class Command(BaseCommand):
         for path in files:
             try:
                 document = parse_text(path.read_text(), source=str(path))
-                check = HandlerCheck()
+                check = HandlerCheck(warn=True)
                 validate(document, source=str(path), handler_exists=check)
                 for name in check.elsewhere:
                     self.stderr.write(f"warning: {path}: handler {name!r} is not registered in this process (is its "
