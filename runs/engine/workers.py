@@ -32,6 +32,7 @@ import os
 import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -235,7 +236,7 @@ def unregister(reason: str = "shutdown") -> None:
 def _beat(row_id: int) -> None:
     """Say we are here; take the lock again if the database lost it (a server restart)."""
     while True:
-        threading.Event().wait(heartbeat_seconds())
+        time.sleep(heartbeat_seconds())
         me = _me
         if me is None or me.row_id != row_id or me.pid != os.getpid():
             return
