@@ -86,7 +86,8 @@ def test_a_delivery_holding_the_event_lock_never_deadlocks_with_a_commit_holding
         assert StepExecution.objects.get(run=run, key="wait").status == "completed"
 
 
-def test_real_commits_and_deliveries_racing_on_one_run_all_finish(workflow: Any) -> None:
+def test_real_commits_and_deliveries_racing_on_one_run_all_finish(workflow: Any, fresh_engine: Any) -> None:
+    # fresh_engine stops the shared engine (and starts none): the steps are committed here, in the race.
     workflow({"name": "race-both", "steps": [
         {"name": "fan", "type": "parallel", "branches": {
             "w": [{"name": "w1", "type": "external_event", "event": "race2", "key": "{{ input.key }}"}],
