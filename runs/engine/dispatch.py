@@ -43,9 +43,13 @@ def can_publish() -> bool:
 # queue (Redis serves priority 0 first, RabbitMQ 9: settings.STEVORA_URGENT_PRIORITY), so a
 # step whose worker died does not wait behind a backlog a second time.
 URGENT = settings.STEVORA_URGENT_PRIORITY
+# Every other doorbell names its priority too: ``send_task`` by name does not apply
+# ``task_default_priority`` (a task's own options do), and a message without one lands in
+# Redis's priority-0 list, the urgent one, where nothing would go ahead of it.
+NORMAL = settings.CELERY_TASK_DEFAULT_PRIORITY
 
 
-def _send(name: str, step_id: int, countdown: float | None = None, priority: int | None = None) -> None:
+def _send(name: str, step_id: int, countdown: float | None = None, priority: int = NORMAL) -> None:
     current_app.send_task(name, (step_id,), countdown=countdown, priority=priority)
 
 
@@ -70,7 +74,7 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
                 batch = getattr(producer, "batch", None)
                 with batch() if batch is not None else contextlib.nullcontext():
                     for step_id in step_ids:
-                        current_app.send_task(RUN_STEP, (step_id,), producer=producer)
+                        current_app.send_task(RUN_STEP, (step_id,), producer=producer, priority=NORMAL)
         for step_id, delay in countdowns or []:
             if settings.IS_EMBEDDED_BROKER:
                 # The embedded worker runs countdown messages on Celery's timer thread; publish

@@ -1,0 +1,43 @@
+"""A doorbell the reconciler rings again (a recovered step, a lost message) goes ahead of
+the queue (issue 9, defect 7; ``runs.engine.dispatch.URGENT``).
+
+Found in the chaos run: a step recovered from a killed worker waited seconds behind the
+backlog of fresh steps, because every ordinary doorbell was published without a priority,
+which Redis files in its priority-0 list: the urgent one. Here eight runs' doorbells wait
+in the queue with no worker; the last run's step is rung again as urgent; the one worker
+then started takes it among its first two (it has two pool processes, prefetch one each).
+Brokers with priorities only: the embedded in-memory broker has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from runs.engine.dispatch import dispatch_steps
+from runs.services import start_run
+from steps.models import StepExecution
+from tests.conftest import read_ledger, wait_for_run
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(settings.IS_EMBEDDED_BROKER, reason="the in-memory broker has no priorities"),
+]
+
+
+def test_an_urgent_doorbell_is_served_before_the_backlog(fresh_engine: Any, workflow: Any, ledger: Path) -> None:
+    workflow({"name": "prio", "steps": [
+        {"name": "only", "type": "task", "handler": "test.ledger", "config": {"ledger": "{{ input.ledger }}"}}]})
+    # fresh_engine: no engine runs yet, so the doorbells of these starts wait in the queue.
+    runs = [start_run("prio", {"ledger": str(ledger)}).run for _ in range(8)]
+    late = runs[-1]
+    dispatch_steps([StepExecution.objects.get(run=late).pk], urgent=True)
+
+    fresh_engine()
+    for run in runs:
+        assert wait_for_run(run.pk).status == "completed"
+    order = [line.split()[0] for line in read_ledger(ledger)]
+    assert len(order) == 8
+    assert str(late.pk) in order[:2], f"the urgent step ran {order.index(str(late.pk)) + 1}th of 8"
