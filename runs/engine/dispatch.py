@@ -39,9 +39,10 @@ def can_publish() -> bool:
     return _engine_process or not settings.IS_EMBEDDED_BROKER
 
 
-# Doorbells the reconciler rings again (a recovered step, a lost message) go ahead of the
-# queue (Redis serves priority 0 first, RabbitMQ 9: settings.STEVORA_URGENT_PRIORITY), so a
-# step whose worker died does not wait behind a backlog a second time.
+# The doorbell of a step recovered from a dead worker goes ahead of the queue (Redis serves
+# priority 0 first, RabbitMQ 9: settings.STEVORA_URGENT_PRIORITY), so it does not wait behind
+# a backlog a second time. (Replacements of lost doorbells take an ordinary place:
+# recovery.redispatch_ready.)
 URGENT = settings.STEVORA_URGENT_PRIORITY
 # Every other doorbell names its priority too: ``send_task`` by name does not apply
 # ``task_default_priority`` (a task's own options do), and a message without one lands in

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from runs.models import RUN_TERMINAL, Run, RunStatus
@@ -142,7 +142,8 @@ def redispatch_ready() -> int:
         StepExecution.objects.filter(status=StepStatus.READY, run__status__in=_LIVE_RUNS)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
         .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - gap))
-        .order_by("dispatched_at", "id")
+        # Never rung first, then the longest waiting: the queue serves them in this order.
+        .order_by(F("dispatched_at").asc(nulls_first=True), "ready_at", "id")
         .values_list("id", "run_id", "key", "dispatched_at", "ready_at", "not_before")[:_BATCH]
     )
     due, first_rings = [], []
@@ -165,7 +166,10 @@ def redispatch_ready() -> int:
         for run_id, key in first_rings:
             fx.event(run_id, "step_redispatched", key, message="doorbell overdue; published again")
         fx.flush()
-    dispatch_steps(due, urgent=True)
+    # At the ordinary priority: a replacement takes the place the lost doorbell had (after a
+    # broker restart, every doorbell was lost alike), and a copy of one merely behind a long
+    # backlog must not jump it. Only steps recovered from dead workers go ahead (above).
+    dispatch_steps(due)
     return len(due)
 
 
