@@ -30,8 +30,8 @@ from typing import Any
 
 import backoff
 import httpx
-from django.db import IntegrityError, connection, transaction
 from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -453,17 +453,20 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
     """Ask each provider of ``route`` in order until one answers; record why the others did not.
     A chain held back by rate limits waits here (briefly) or raises ``RateLimitWait``."""
     earlier: list[dict[str, Any]] = []
+    waited = 0.0
     while True:
         try:
             answer = _complete_once(route, req, scope, round_number)
         except _HeldBack as held:
             earlier.extend(held.reasons)
-            if held.wait > rate_wait_seconds():
+            # The worker sleeps through short waits, but not through many of them in a row.
+            if waited + held.wait > rate_wait_seconds():
                 note_rate_limit(scope, held.provider, "handed_back", held.wait, held.reason)
                 raise RateLimitWait(f"rate limited: {held.provider}: {held.reason}; trying again in "
                                     f"{held.wait:.2f}s", details=earlier, retry_after=held.wait) from None
             note_rate_limit(scope, held.provider, "waited", held.wait, held.reason)
             time.sleep(held.wait)
+            waited += held.wait
             continue
         answer.route[:0] = earlier
         return answer

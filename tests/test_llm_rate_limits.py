@@ -22,7 +22,7 @@ from tests.support.llm_server import (  # noqa: F401  (fixtures)
     output_of,
 )
 
-SLACK = 0.3  # a request admitted at t reaches the server a few milliseconds later
+SLACK = 1.0  # a request admitted at t reaches the server a little later (more on a busy machine)
 
 
 def busiest_window(times: list[float], window: float) -> int:
