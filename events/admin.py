@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from runs.admin import CappedCountPaginator
 
-from .models import Event, EventMatch, EventTrigger, EventWait
+from .models import Event, EventMatch, EventTrigger, EventTriggering, EventWait, PendingDebounce
 
 
 class ReadOnly(admin.ModelAdmin):
@@ -31,6 +31,34 @@ class EventAdmin(ReadOnly):
     search_fields = ("=key", "=event_id")
     search_help_text = "An event key or event id (exact)."
     readonly_fields = ("workspace", "name", "key", "payload", "event_id", "received_at", "expires_at")
+
+
+class TriggeringInline(admin.TabularInline):
+    model = EventTriggering
+    fields = ("workflow_name", "trigger_index", "flow_key", "outcome", "reason", "run_id", "at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+EventAdmin.inlines = [TriggeringInline]
+
+
+@admin.register(EventTriggering)
+class EventTriggeringAdmin(ReadOnly):
+    """What each debounced or rate-limited trigger did with each event (started, debounced, skipped)."""
+
+    list_display = ("id", "event", "workflow_name", "trigger_index", "flow_key", "outcome", "reason", "at")
+    list_filter = ("outcome",)
+    search_fields = ("=flow_key", "workflow_name")
+
+
+@admin.register(PendingDebounce)
+class PendingDebounceAdmin(ReadOnly):
+    list_display = ("id", "workflow_name", "trigger_index", "flow_key", "events", "first_at", "fire_at", "event")
 
 
 @admin.register(EventWait)

@@ -41,6 +41,9 @@ class EventOutSerializer(serializers.Serializer):
     trigger_problems = serializers.ListField(child=serializers.CharField(),
                                             help_text="Triggers that matched but started no run, and why "
                                                       "(e.g. the workflow refused the input).")
+    trigger_skipped = serializers.ListField(child=serializers.CharField(),
+                                            help_text="Triggers whose rate_limit was reached: they started no run "
+                                                      "for this event, and why.")
 
 
 class EventDeliver(APIView):
@@ -59,7 +62,8 @@ class EventDeliver(APIView):
         out = {"id": event.pk, "name": event.name, "key": event.key, "event_id": event.event_id,
                "payload": event.payload, "received_at": event.received_at, "duplicate": delivery.duplicate,
                "matched_steps": delivery.matched_step_ids,
-               "started_runs": delivery.started_runs, "trigger_problems": delivery.trigger_problems}
+               "started_runs": delivery.started_runs, "trigger_problems": delivery.trigger_problems,
+               "trigger_skipped": delivery.trigger_skipped}
         return Response(EventOutSerializer(out).data,
                         status=status.HTTP_200_OK if delivery.duplicate else status.HTTP_201_CREATED)
 

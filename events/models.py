@@ -108,6 +108,9 @@ class EventTrigger(models.Model):
     key = models.CharField(max_length=255, null=True, blank=True)
     condition = models.TextField(blank=True, default="", help_text="The trigger's if: expression over `event`.")
     input = models.JSONField(null=True, blank=True)
+    # Flow control (events.flow): {period_seconds, key?, timeout_seconds?} / {limit, period_seconds, key?}.
+    debounce = models.JSONField(null=True, blank=True)
+    rate_limit = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["workflow_name", "trigger_index"]
@@ -122,3 +125,73 @@ class EventTrigger(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_name} on {self.name}[{self.key or '*'}]"
+
+
+class TriggerOutcome(models.TextChoices):
+    """What a trigger did with one event::
+
+        started                  (a run was started for it)
+        debounced -> started     (it was the last of its burst: the sweep started the run)
+        debounced                (a later event of the burst took its place)
+        skipped                  (the trigger's rate_limit was reached; ``reason`` says so)
+    """
+
+    STARTED = "started"
+    DEBOUNCED = "debounced"
+    SKIPPED = "skipped"
+
+
+class EventTriggering(models.Model):
+    """What each trigger did with an event: the record of a debounce or a rate limit, on the event."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="triggerings")
+    workspace = models.ForeignKey("runs.Workspace", on_delete=models.CASCADE, related_name="+")
+    workflow_name = models.CharField(max_length=200)
+    trigger_index = models.PositiveIntegerField()
+    flow_key = models.CharField(max_length=500, blank=True, default="",
+                                help_text="the rendered debounce / rate_limit key")
+    outcome = models.CharField(max_length=16, choices=TriggerOutcome.choices)
+    reason = models.TextField(blank=True, default="")
+    run_id = models.CharField(max_length=64, blank=True, default="")
+    at = models.DateTimeField(help_text="database clock")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event", "workflow_name", "trigger_index"],
+                                    name="eventtriggering_once_per_trigger"),
+        ]
+        indexes = [
+            # events.flow.rate_limited: the runs a trigger started for a key inside its period.
+            models.Index(fields=["workspace", "workflow_name", "trigger_index", "flow_key", "outcome", "at"],
+                         name="eventtriggering_rate"),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id}: {self.workflow_name} triggers[{self.trigger_index}] {self.outcome}"
+
+
+class PendingDebounce(models.Model):
+    """A burst of events being debounced: one row per trigger and key, pushed back by each new
+    event (in the transaction that stores it) and started by the sweep once ``fire_at`` passed."""
+
+    workspace = models.ForeignKey("runs.Workspace", on_delete=models.CASCADE, related_name="+")
+    workflow_name = models.CharField(max_length=200)
+    trigger_index = models.PositiveIntegerField()
+    flow_key = models.CharField(max_length=500, blank=True, default="")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+", help_text="the burst's last event")
+    events = models.PositiveIntegerField(default=1, help_text="events in the burst so far")
+    first_at = models.DateTimeField()
+    fire_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "workflow_name", "trigger_index", "flow_key"],
+                                    name="pendingdebounce_one_per_key"),
+        ]
+        indexes = [
+            # events.flow.fire_due_debounces: the bursts whose quiet period is over.
+            models.Index(fields=["fire_at"], name="pendingdebounce_fire_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name} triggers[{self.trigger_index}] [{self.flow_key}] at {self.fire_at}"

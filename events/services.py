@@ -42,6 +42,7 @@ class Delivery:
     duplicate: bool = False
     started_runs: list[str] = field(default_factory=list)  # by event triggers (a new event only)
     trigger_problems: list[str] = field(default_factory=list)  # triggers that matched but started no run
+    trigger_skipped: list[str] = field(default_factory=list)  # triggers whose rate_limit held the event back
 
 
 def _workspace(workspace: Workspace | int | str | None) -> Workspace:
@@ -123,6 +124,7 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
         claims: list[tuple[int, dict[str, Any]]]
         started: list[str] = []
         problems: list[str] = []
+        skipped: list[str] = []
         if duplicate:
             output = event.as_output()
             claims = [(step_id, output) for step_id in
@@ -132,7 +134,7 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
             claims = _claim_waits(event)
             # In the transaction that stores the event, so its runs exist exactly when it does;
             # after the claims, so a run it starts does not take it for a wait of its own.
-            started, problems = start_triggered_runs(event)
+            started, problems, skipped = start_triggered_runs(event)
     completed = []
     for step_id, step_output in claims:
         with transaction.atomic():
@@ -140,7 +142,7 @@ def deliver_event(name: str, *, key: Any = None, payload: Any = None, event_id: 
                                    expected_type="external_event"):
                 EventWait.objects.filter(step_id=step_id).delete()
                 completed.append(step_id)
-    return Delivery(event, completed, duplicate, started, problems)
+    return Delivery(event, completed, duplicate, started, problems, skipped)
 
 
 def purge_expired_events(now: Any = None) -> int:

@@ -4,6 +4,9 @@ A delivered event starts one run per matching trigger in the transaction that st
 the event (``services.deliver_event``), so an event exists exactly when its runs do.
 The run's idempotency key is derived from the event id and the trigger: a duplicate
 delivery (the same id) starts nothing new, also when two deliveries race.
+
+A trigger with ``debounce`` or ``rate_limit`` goes through ``events.flow``: what it did
+with each event (started, debounced, skipped and why) is an ``EventTriggering`` row.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from runs.definitions import DefinitionError, spec_for
 from runs.errors import StartError
 from runs.models import Workflow, record
 from runs.services import start_run
-from steps.templating import TemplateProblem, render_value
+from steps import clock
+from steps.templating import TemplateProblem
 
+from . import flow
 from .matching import matches
 from .models import Event, EventTrigger
 
@@ -45,7 +50,8 @@ def sync_event_triggers(workflow: Workflow) -> list[EventTrigger]:
     EventTrigger.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name).delete()
     return [EventTrigger.objects.create(
         workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
-        trigger_index=t.index, name=t.event, key=t.key, condition=t.condition, input=t.input)
+        trigger_index=t.index, name=t.event, key=t.key, condition=t.condition, input=t.input,
+        debounce=t.debounce, rate_limit=t.rate_limit)
         for t in spec.triggers if t.kind == "event"]
 
 
@@ -58,23 +64,45 @@ def idempotency_key(event: Event, trigger: EventTrigger) -> str:
     return key
 
 
-def start_triggered_runs(event: Event) -> tuple[list[str], list[str]]:
+def start_triggered_runs(event: Event) -> tuple[list[str], list[str], list[str]]:
     """Start a run for every trigger this new event matches (inside the delivery's transaction).
 
-    Returns (run ids, problems): a trigger whose input the workflow refuses starts no run
-    and is reported, and the event is still stored and delivered to its waits.
+    Returns (run ids, problems, skipped): a trigger whose input the workflow refuses starts no
+    run and is reported, and the event is still stored and delivered to its waits; a trigger
+    whose rate_limit is reached starts nothing (``skipped`` says why); a debounced trigger
+    starts its run later (``events.flow``).
     """
     started: list[str] = []
     problems: list[str] = []
+    skipped: list[str] = []
     output = event.as_output()
+    now = None
     candidates = (EventTrigger.objects.filter(workspace_id=event.workspace_id, name=event.name)
                   .filter(Q(key=event.key) | Q(key__isnull=True)).order_by("workflow_name", "trigger_index"))
     for trigger in candidates:
         if trigger.condition and not matches(trigger.condition, output, {}):
             continue
         where = f"{trigger.workflow_name} triggers[{trigger.trigger_index}]"
+        limited = bool(trigger.debounce or trigger.rate_limit)
+        key = ""
+        if limited:
+            now = now or clock.now()
+            try:
+                key = flow.flow_key(trigger.debounce or trigger.rate_limit, output)
+            except TemplateProblem as exc:
+                logger.warning("event %s #%s started no run of %s: %s", event.name, event.pk, where, exc)
+                problems.append(f"{where}: key: {exc}")
+                continue
+            if trigger.debounce:
+                flow.debounce(event, trigger, key, now)
+                continue
+            reason = flow.rate_limited(event, trigger, key, now)
+            if reason is not None:
+                flow.note(event, trigger, key, "skipped", reason=reason, at=now)
+                skipped.append(f"{where}: {reason}")
+                continue
         try:
-            run_input = _input(trigger, output)
+            run_input = flow.run_input(trigger, output)
             with transaction.atomic():
                 result = start_run(trigger.workflow_name, run_input, workspace=event.workspace_id,
                                    idempotency_key=idempotency_key(event, trigger), actor=f"event:{event.name}")
@@ -84,18 +112,10 @@ def start_triggered_runs(event: Event) -> tuple[list[str], list[str]]:
                                    f"{event.name}[{event.key}] #{event.pk}",
                            data={"trigger": trigger.trigger_index, "kind": "event", "event": event.pk,
                                  "event_id": event.event_id, "name": event.name, "key": event.key})
+                if limited:
+                    flow.note(event, trigger, key, "started", run_id=str(result.run.pk), at=now)
             started.append(str(result.run.pk))
         except (StartError, TemplateProblem, ValueError) as exc:
             logger.warning("event %s #%s started no run of %s: %s", event.name, event.pk, where, exc)
             problems.append(f"{where}: {exc}")
-    return started, problems
-
-
-def _input(trigger: EventTrigger, output: dict[str, Any]) -> Any:
-    if trigger.input is None:
-        payload = output["payload"]
-        if not isinstance(payload, dict):
-            raise ValueError(f"the run's input is the event's payload, which must be a JSON object, "
-                             f"got {type(payload).__name__} (or give the trigger an input:)")
-        return payload
-    return render_value(trigger.input, {"event": output})  # start_run checks it against the input schema
+    return started, problems, skipped

@@ -4,6 +4,14 @@ circuit breaker per provider, every HTTP attempt on the record, tokens and cost 
 Per provider: no key -> next; circuit open -> next (no request, no timeout waited); then
 up to ``1 + max_retries`` HTTP attempts with exponential backoff and jitter (``backoff``),
 honouring ``Retry-After``; a permanent failure (400/401/403/404) moves on at once.
+
+A provider with ``requests_per_minute`` / ``tokens_per_minute`` admits each HTTP attempt
+through ``providers.limits`` first. Over the limit, the step's ``on_rate_limit`` decides:
+``fallback`` (the default) moves on to the next provider at once, and waits only when every
+provider of the chain is held back; ``wait`` waits for this provider. A wait of at most
+``STEVORA_LLM_RATE_WAIT_SECONDS`` is slept in the worker; a longer one raises ``RateLimitWait``
+(the step is handed back until the window opens). Each wait or skip is a ``llm_rate_limited``
+row in the run's history and a ``rate_limited`` entry in the step's ``route``.
 """
 
 from __future__ import annotations
@@ -22,15 +30,16 @@ from typing import Any
 
 import backoff
 import httpx
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from runs.models import Run
+from runs.models import Run, RunEvent
 from steps.handlers import PermanentError, RetryableError
 from steps.models import StepExecution
 
-from . import breaker, fake
+from . import breaker, fake, limits
 from .models import LLMCall, LLMCallStatus, Provider, ProviderKind
 from .registry import Route, api_key
 from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, SSEParser, classify_status, client_for
@@ -48,6 +57,28 @@ class AllProvidersFailed(RetryableError):
 
 class AllProvidersRefused(PermanentError):
     """Every provider failed permanently (bad request, bad key, unknown model)."""
+
+
+class RateLimitWait(RetryableError):
+    """The providers that may answer are held back by their rate limits for longer than a worker
+    waits: try again after ``retry_after`` seconds (the llm step hands itself back)."""
+
+
+class RateLimited(ProviderError):
+    """This provider's rate limit holds the request back for ``wait_seconds``."""
+
+    def __init__(self, provider: Provider, admission: limits.Admission) -> None:
+        super().__init__(f"rate limited: {admission.reason}; the window opens in {admission.wait_seconds:.2f}s",
+                         permanent=False, counts_for_breaker=False)
+        self.provider_name = provider.name
+        self.wait_seconds = admission.wait_seconds
+
+
+RATE_LIMIT_MODES = ("fallback", "wait")
+
+
+def rate_wait_seconds() -> float:
+    return float(settings.STEVORA["LLM_RATE_WAIT_SECONDS"])
 
 
 @dataclass
@@ -73,6 +104,9 @@ class Scope:
     # (``live(call_id, provider, round, kind, text)``; kind ``text`` or ``discard``).
     stream: bool = False
     live: Callable[[int, str, int, str, str], None] | None = None
+    # The step's key (for history rows) and what it does when a provider's rate limit holds it back.
+    step_key: str = ""
+    on_rate_limit: str = "fallback"
 
 
 @dataclass
@@ -291,6 +325,17 @@ def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body
     return cost, canonical
 
 
+def note_rate_limit(scope: Scope, provider_name: str, action: str, wait_seconds: float, reason: str) -> None:
+    """Put a rate-limited wait or skip on the run's history (visible after the fact)."""
+    logger.info("provider %s: %s (%s, %.2fs)", provider_name, action, reason, wait_seconds)
+    if scope.run_id is None:
+        return
+    RunEvent.objects.create(run_id=scope.run_id, kind="llm_rate_limited", step_key=scope.step_key,
+                            message=f"{provider_name}: {reason}",
+                            data={"provider": provider_name, "action": action,
+                                  "wait_seconds": round(wait_seconds, 3), "on_rate_limit": scope.on_rate_limit})
+
+
 def check_budget(scope: Scope, *, after_call: bool = False) -> None:
     if scope.run_id is None or not scope.budgeted:
         return
@@ -333,6 +378,9 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
         nonlocal tries
         tries += 1
         check_budget(scope)
+        admission = limits.reserve(provider, limits.estimate_tokens(req)) if limits.limited(provider) else None
+        if admission is not None and not admission.admitted:
+            raise RateLimited(provider, admission)
         if provider.kind == ProviderKind.FAKE:
             http = HttpRequest(f"fake://{provider.name}", {}, {"model": model, "messages": req.messages,
                                                                "system": req.system, "tools": req.tools})
@@ -365,6 +413,8 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
         except ProviderError as err:
             if live is not None:
                 live.discard()
+            if admission is not None:
+                limits.settle(provider, admission, 0)
             _fail_record(call, err, scope, started)
             if on_failure(err):
                 err.stop_retrying = True
@@ -375,12 +425,14 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
             _fail_record(call, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
                          scope, started)
             raise
+        if admission is not None:
+            limits.settle(provider, admission, result.input_tokens + result.output_tokens)
         _complete_record(call, provider, result, body, status, scope, started)
         return result
 
     def give_up(exc: Exception) -> bool:
         err = exc if isinstance(exc, ProviderError) else None
-        if err is None or err.permanent or err.stop_retrying:
+        if err is None or err.permanent or err.stop_retrying or isinstance(err, RateLimited):
             return True
         return err.retry_after is not None and err.retry_after > provider.max_retry_after_seconds
 
@@ -398,8 +450,37 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
 
 
 def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) -> Answer:
-    """Ask each provider of ``route`` in order until one answers; record why the others did not."""
+    """Ask each provider of ``route`` in order until one answers; record why the others did not.
+    A chain held back by rate limits waits here (briefly) or raises ``RateLimitWait``."""
+    earlier: list[dict[str, Any]] = []
+    waited = 0.0
+    while True:
+        try:
+            answer = _complete_once(route, req, scope, round_number)
+        except _HeldBack as held:
+            earlier.extend(held.reasons)
+            # The worker sleeps through short waits, but not through many of them in a row.
+            if waited + held.wait > rate_wait_seconds():
+                note_rate_limit(scope, held.provider, "handed_back", held.wait, held.reason)
+                raise RateLimitWait(f"rate limited: {held.provider}: {held.reason}; trying again in "
+                                    f"{held.wait:.2f}s", details=earlier, retry_after=held.wait) from None
+            note_rate_limit(scope, held.provider, "waited", held.wait, held.reason)
+            time.sleep(held.wait)
+            waited += held.wait
+            continue
+        answer.route[:0] = earlier
+        return answer
+
+
+class _HeldBack(Exception):  # noqa: N818 (control flow: the chain must wait for a rate limit)
+    def __init__(self, provider: str, wait: float, reason: str, reasons: list[dict[str, Any]]) -> None:
+        super().__init__(reason)
+        self.provider, self.wait, self.reason, self.reasons = provider, wait, reason, reasons
+
+
+def _complete_once(route: Route, req: ChatRequest, scope: Scope, round_number: int) -> Answer:
     reasons: list[dict[str, Any]] = []
+    held: list[RateLimited] = []
     for index, provider in enumerate(route.providers):
         model = route.model_for(index)
         if not provider.enabled:
@@ -434,6 +515,16 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
         try:
             result = _call_provider(provider, model, req, scope, round_number, key,
                                     max_tries=1 if probe else provider.max_retries + 1, on_failure=note_failure)
+        except RateLimited as err:
+            # A probe admission taken for nothing lapses at its probe_until (another caller takes it).
+            reasons.append({"provider": provider.name, "model": model, "outcome": "rate_limited",
+                            "wait_seconds": round(err.wait_seconds, 3), "reason": str(err)})
+            if scope.on_rate_limit == "wait":
+                raise _HeldBack(provider.name, err.wait_seconds, str(err), reasons) from None
+            held.append(err)
+            if index + 1 < len(route.providers):
+                note_rate_limit(scope, provider.name, "fell_back", err.wait_seconds, str(err))
+            continue
         except ProviderError as err:
             if probe and not err.counts_for_breaker:
                 breaker.succeeded(provider)  # it answered (our request was at fault): it is up again
@@ -445,6 +536,10 @@ def complete(route: Route, req: ChatRequest, scope: Scope, round_number: int) ->
         check_budget(scope, after_call=True)
         reasons.append({"provider": provider.name, "model": model, "outcome": "answered"})
         return Answer(result, provider.name, result.model or model, reasons)
+    if held:
+        # Every provider that could answer is held back: wait for the one whose window opens first.
+        first = min(held, key=lambda e: e.wait_seconds)
+        raise _HeldBack(first.provider_name, first.wait_seconds, str(first), reasons)
     summary = "; ".join(f"{r['provider']}: {r['reason']}" for r in reasons) or "the chain is empty"
     message = f"no provider answered ({summary})"
     if any(r.get("kind") == "transient" for r in reasons):

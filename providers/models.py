@@ -67,6 +67,16 @@ class Provider(models.Model):
     breaker_threshold = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)],
                                                     help_text="consecutive failures that open the circuit")
     breaker_cooldown_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(0.0)])
+    # Flow control shared by every worker (providers.limits): empty = no limit.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="at most this many HTTP requests to this provider per window, across all workers")
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="at most this many tokens (input + output) per window, across all workers")
+    rate_window_seconds = models.FloatField(
+        default=60.0, validators=[MinValueValidator(0.1)],
+        help_text="the sliding window the two limits count over (60: per minute)")
     # Kind-specific options: ``script`` for the fake kind, ``json_mode`` / ``max_tokens_field``
     # for OpenAI-compatible servers, ``anthropic_version``.
     options = models.JSONField(default=dict, blank=True)
@@ -100,6 +110,27 @@ class Provider(models.Model):
         cost = (Decimal(input_tokens) * self.input_price_per_mtok + Decimal(output_tokens)
                 * self.output_price_per_mtok) / million
         return cost.quantize(Decimal("0.000001"))
+
+
+class ProviderRateGrant(models.Model):
+    """One request admitted by a provider's rate limit (providers.limits): the sliding window's log.
+
+    Written before the HTTP request (with the estimated tokens) and corrected after it (the
+    real usage); grants older than the provider's window are deleted by the next admission.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="rate_grants")
+    granted_at = models.DateTimeField()
+    tokens = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            # providers.limits.reserve: a provider's grants inside its window, oldest first.
+            models.Index(fields=["provider", "granted_at"], name="rategrant_provider_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider_id} at {self.granted_at}: {self.tokens} tokens"
 
 
 class ProviderChain(models.Model):

@@ -16,7 +16,9 @@ PROVIDER_FIELDS = frozenset({
     "name", "kind", "model", "base_url", "api_key_env", "enabled", "priority", "timeout_seconds",
     "connect_timeout_seconds", "max_retries", "backoff_seconds", "max_backoff_seconds", "max_retry_after_seconds",
     "input_price_per_mtok", "output_price_per_mtok", "breaker_threshold", "breaker_cooldown_seconds", "options",
+    "requests_per_minute", "tokens_per_minute", "rate_window_seconds",
 })
+NULLABLE_FIELDS = frozenset({"requests_per_minute", "tokens_per_minute"})
 SECRET_LOOKING = frozenset({"api_key", "key", "token", "secret", "password", "authorization"})
 
 
@@ -97,7 +99,7 @@ def _load_provider(path: str, raw: Any, summary: LoadSummary) -> list[tuple[str,
     for key, value in raw.items():
         if key.endswith("_per_mtok") and isinstance(value, float):
             value = Decimal(str(value))  # 0.15, not 0.1499999999999999944...
-        setattr(provider, key, value if value is not None else "")
+        setattr(provider, key, value if value is not None else (None if key in NULLABLE_FIELDS else ""))
     try:
         provider.full_clean()
     except ValidationError as exc:

@@ -36,7 +36,7 @@ from steps.models import StepExecution
 from steps.templating import render_value
 
 from . import mcp_tools, tool_decisions
-from .chain import Answer, Scope, complete
+from .chain import Answer, RateLimitWait, Scope, complete
 from .guardrails import GuardrailBlocked, OutputSchemaError, check_structured, judge, schema_problems
 from .models import LLMCall, LLMCallStatus, ToolCall, ToolCallStatus, ToolEffects
 from .registry import ResolveError, resolve
@@ -49,7 +49,10 @@ DEFAULT_MAX_TOOL_ROUNDS = 10
 DEFAULT_SCHEMA_RETRIES = 2
 DEFAULT_GUARDRAIL_RETRIES = 2
 _PASSTHROUGH = ("temperature", "max_tokens", "response_format", "output_schema", "max_schema_retries", "tools",
-                "max_tool_rounds", "guardrails", "fallback", "stream", "mcp_servers")
+                "max_tool_rounds", "guardrails", "fallback", "stream", "mcp_servers", "on_rate_limit")
+# The longest a rate-limited step is handed back for at once (no countdown past a minute): a
+# longer wait is checked again then.
+MAX_HAND_BACK_SECONDS = 60.0
 
 
 class ToolRoundsExceeded(PermanentError):
@@ -178,7 +181,8 @@ class Agent:
         self.first_attempt = step.attempt <= 1
         self.scope = Scope(step_id=step.pk, run_id=step.run_id, step_attempt=step.attempt,
                            budgeted=run.max_cost_usd is not None or run.max_tokens is not None,
-                           first_attempt=self.first_attempt)
+                           first_attempt=self.first_attempt, step_key=step.key,
+                           on_rate_limit=self.cfg.get("on_rate_limit") or "fallback")
         if self.cfg.get("stream"):
             self.scope.stream = True
             self.scope.live = self.publish
@@ -328,7 +332,16 @@ class Agent:
         if replayed is not None:
             return replayed
         self.scope.request_digest = digest
-        return complete(self.route, request, self.scope, round_number)
+        try:
+            return complete(self.route, request, self.scope, round_number)
+        except RateLimitWait as exc:
+            if round_number == 1:
+                # Nothing recorded yet: give the step back untouched until the window opens,
+                # holding no worker. A later round keeps its attempt's replay chain: it retries
+                # after the wait as an ordinary retryable failure (RetryableError.retry_after).
+                raise types.HandBack(str(exc), delay=min(float(exc.retry_after or 1.0),
+                                                          MAX_HAND_BACK_SECONDS)) from None
+            raise
 
     @staticmethod
     def assistant_message(result: ChatResult) -> dict[str, Any]:

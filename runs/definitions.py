@@ -107,6 +107,9 @@ class TriggerSpec:
     key: str | None = None
     condition: str = ""  # the ``if:`` expression of an event trigger
     input: dict[str, Any] | None = None  # None: {} for a schedule, the event's payload for an event
+    # Event triggers only: {period_seconds, key?, timeout_seconds?} / {limit, period_seconds, key?}.
+    debounce: dict[str, Any] | None = None
+    rate_limit: dict[str, Any] | None = None
 
     @property
     def is_schedule(self) -> bool:
@@ -483,12 +486,13 @@ def _build_triggers(raw_triggers: list[dict[str, Any]], error: Any) -> list[Trig
             error(path, f"a trigger needs exactly one of 'cron', 'every_seconds' or 'event'{found}")
             continue
         kind = {"cron": "cron", "every_seconds": "every", "event": "event"}[kinds[0]]
-        misplaced = ([k for k in ("key", "if") if k in raw] if kind != "event"
+        misplaced = ([k for k in ("key", "if", "debounce", "rate_limit") if k in raw] if kind != "event"
                      else [k for k in ("timezone", "catch_up") if k in raw])
         if kind == "every" and "timezone" in raw:
             misplaced.append("timezone")
         for k in misplaced:
-            owner = {"key": "an event trigger", "if": "an event trigger", "catch_up": "a schedule (cron or "
+            owner = {"key": "an event trigger", "if": "an event trigger", "debounce": "an event trigger",
+                     "rate_limit": "an event trigger", "catch_up": "a schedule (cron or "
                      "every_seconds)", "timezone": "a cron trigger"}[k]
             error(f"{path}.{k}", f"only {owner} takes {k!r}")
         tz = raw.get("timezone", "UTC")
@@ -514,11 +518,25 @@ def _build_triggers(raw_triggers: list[dict[str, Any]], error: Any) -> list[Trig
                     check_template(source)
                 except TemplateProblem as exc:
                     error(tpath, str(exc))
+        if "debounce" in raw and "rate_limit" in raw:
+            error(f"{path}.rate_limit", "a trigger takes debounce or rate_limit, not both")
+        for option in ("debounce", "rate_limit"):
+            template = (raw.get(option) or {}).get("key")
+            if template:
+                try:
+                    check_template(template)
+                except TemplateProblem as exc:
+                    error(f"{path}.{option}.key", str(exc))
+        debounce = raw.get("debounce")
+        if debounce and debounce.get("timeout_seconds") is not None \
+                and debounce["timeout_seconds"] < debounce["period_seconds"]:
+            error(f"{path}.debounce.timeout_seconds", "must be at least period_seconds")
         key = raw.get("key")
         out.append(TriggerSpec(
             index=i, kind=kind, cron=raw.get("cron", ""), timezone=tz, every_seconds=raw.get("every_seconds"),
             catch_up=raw.get("catch_up", "one"), event=raw.get("event", ""),
             key=str(key) if key is not None else None, condition=condition, input=raw.get("input"),
+            debounce=debounce, rate_limit=raw.get("rate_limit"),
         ))
     return out
 

@@ -68,6 +68,19 @@ class Park(Exception):  # noqa: N818 (an outcome raised from deep inside a work 
         self.before_commit = before_commit
 
 
+class HandBack(Exception):  # noqa: N818 (an outcome raised from deep inside a work type, not an error)
+    """Raised by a work type's ``execute``: nothing was done, give the step back to the queue
+    untouched (its attempt is not spent) to be rung again after ``delay`` seconds, holding no
+    worker meanwhile (the engine's ``hand_back``). The llm step raises it when a provider's
+    rate limit will not open for longer than a worker should wait.
+    """
+
+    def __init__(self, reason: str, *, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
 @dataclass
 class Invocation:
     """Everything a work type needs to execute one attempt."""

@@ -231,6 +231,10 @@ STEVORA: dict[str, Any] = {
     # How often the beat (or runengine) looks for schedules whose next tick has come.
     "SCHEDULE_SWEEP_SECONDS": env_float("STEVORA_SCHEDULE_SWEEP_SECONDS", 1.0, minimum=0.05),
     "TIMEOUT_GRACE_SECONDS": STEVORA_TIMEOUT_GRACE_SECONDS,
+    # An llm call held back by a provider's requests_per_minute / tokens_per_minute waits in
+    # its worker when the window opens within this long; a longer wait hands the step back
+    # (holding no worker) to be rung when the window opens (providers.limits).
+    "LLM_RATE_WAIT_SECONDS": env_float("STEVORA_LLM_RATE_WAIT_SECONDS", 5.0, minimum=0.0),
     # A ready step whose doorbell is older than this is rung again.
     "REDISPATCH_SECONDS": env_float("STEVORA_REDISPATCH_SECONDS", 15.0, minimum=0.1),
     # Lease expiries a step may suffer before it is dead-lettered.

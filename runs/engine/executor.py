@@ -242,6 +242,9 @@ def _execute_and_commit(row: StepExecution) -> StepExecution | None:
             json.dumps(output, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NotJSONSerializable(f"handler output is not JSON-serialisable: {exc}") from None
+    except step_types.HandBack as back:  # nothing was done (a provider's rate limit): not an attempt
+        hand_back(row, back.reason, delay=back.delay)
+        return None
     except step_types.Park as park:
         try:
             commit_park(row, park, owner, rendered=rendered)

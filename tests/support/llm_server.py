@@ -67,7 +67,8 @@ class LLMServer:
                 parts = self.path.strip("/").split("/", 1)
                 prefix, rest = parts[0], "/" + (parts[1] if len(parts) > 1 else "")
                 fmt = "anthropic" if rest.endswith("/v1/messages") else "openai"
-                action = server._next(prefix, {"path": self.path, "headers": dict(self.headers), "body": body})
+                action = server._next(prefix, {"path": self.path, "headers": dict(self.headers), "body": body,
+                                                "received_at": time.time()})
                 hang = action.get("hang")
                 if hang:
                     server.released.wait(float(hang))

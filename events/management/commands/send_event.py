@@ -35,7 +35,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps({"event": event.as_output(), "duplicate": delivery.duplicate,
                                           "matched_steps": delivery.matched_step_ids,
                                           "started_runs": delivery.started_runs,
-                                          "trigger_problems": delivery.trigger_problems}, default=str))
+                                          "trigger_problems": delivery.trigger_problems,
+                                          "trigger_skipped": delivery.trigger_skipped}, default=str))
             return
         if delivery.duplicate:
             self.stdout.write(f"event #{event.pk} with id {event.event_id!r} was already delivered; ignored")
@@ -45,3 +46,5 @@ class Command(BaseCommand):
                               f"{len(delivery.started_runs)} run(s) started by triggers")
             for problem in delivery.trigger_problems:
                 self.stderr.write(f"trigger started no run: {problem}")
+            for skipped in delivery.trigger_skipped:
+                self.stdout.write(f"trigger skipped: {skipped}")
