@@ -170,6 +170,9 @@ _TASK_HARD_LIMIT = int(STEVORA_MAX_STEP_SECONDS + 3 * STEVORA_TIMEOUT_GRACE_SECO
 # task may run); RabbitMQ redelivers it when the consumer's connection closes.
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", _TASK_HARD_LIMIT + 600, minimum=60),
+    # Every Celery priority level its own list (kombu's default is 0, 3, 6, 9): run priorities
+    # map to 1..2 above the default 3 and 4..9 below it (runs.engine.dispatch.broker_priority).
+    "priority_steps": list(range(10)),
 }
 if IS_EMBEDDED_BROKER:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.02}

@@ -32,6 +32,8 @@ class Effects:
     # Doorbells rung again by the reconciler: ahead of the queue (dispatch.URGENT).
     urgent: list[int] = field(default_factory=list)
     countdowns: list[tuple[int, float]] = field(default_factory=list)
+    # The run priority of doorbells in ``dispatch`` that have one (flow control; absent: 0).
+    priorities: dict[int, int] = field(default_factory=dict)
     # Waiting steps due within a minute get a countdown message; later ones only the sweep.
     wakes: list[tuple[int, float]] = field(default_factory=list)
     history: list[RunEvent] = field(default_factory=list)
@@ -60,7 +62,7 @@ class Effects:
 
     def publish(self) -> None:
         fault_point("before_effects")  # crash tests: committed, nothing after it has happened
-        dispatch_steps(self.dispatch, self.countdowns)
+        dispatch_steps(self.dispatch, self.countdowns, priorities=self.priorities)
         dispatch_steps(self.urgent, urgent=True)
         dispatch_wakes(self.wakes)
         for fn in self.after_commit:

@@ -25,10 +25,10 @@ from runs.definitions import END, StepSpec, WorkflowSpec, spec_for
 from runs.models import RUN_ACTIVE, IllegalTransition, Run, RunStatus
 from steps import clock
 from steps import types as step_types
-from steps.models import STEP_OPEN, StepExecution, StepStatus
+from steps.models import STEP_HOLDING, STEP_OPEN, StepExecution, StepStatus
 from steps.templating import TemplateProblem, evaluate, render_value
 
-from . import fanout, hotpath
+from . import fanout, flow, hotpath
 from .dispatch import can_publish
 from .effects import Effects
 from .revisits import revisitable
@@ -180,8 +180,10 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     row = StepExecution(
         run_id=run.pk, key=key, name=spec.name, type=spec.type, parent=parent, branch=branch,
         item_index=item_index, visit=visit, max_attempts=spec.retry.max_attempts, ready_at=t,
-        state={"item": item} if item_index is not None else {},
+        state={"item": item} if item_index is not None else {}, priority=run.priority,
     )
+    if work and status == StepStatus.READY and spec.concurrency is not None and _queue_step(run, spec, row, fx):
+        return row
     if work and status == StepStatus.READY:
         if fx.claim_owner and fx.claimed is None and run.status == RunStatus.RUNNING:
             # Fast path: the committing worker runs this step next without a broker round trip.
@@ -199,6 +201,8 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
             row.save(force_insert=True)
             if run.status != RunStatus.PAUSED:
                 fx.dispatch.append(row.pk)
+                if row.priority:
+                    fx.priorities[row.pk] = row.priority
         fx.event(run.pk, "step_ready", key, data={"type": spec.type})
         return row
     if status == StepStatus.PENDING:
@@ -210,6 +214,70 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     row.save(force_insert=True)
     start_inline(run, wf, spec, row, fx)
     return row
+
+
+def _queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> bool:
+    """A work step with ``concurrency``: set its key; if its key has no free slot (or others
+    queue ahead of it), insert it ``queued`` (no message, no worker) and return True."""
+    concurrency = spec.concurrency
+    assert concurrency is not None
+    prefix = flow.step_prefix(run.workspace_id, run.workflow_name, spec.name)
+    try:
+        row.concurrency_key = flow.render_key(prefix, concurrency.key, template_context(run, row))
+    except TemplateProblem as exc:
+        # Fail closed, not open: the step shares one key with every other such step.
+        row.concurrency_key = flow.render_key(prefix, "<key error>", {})
+        fx.event(run.pk, "concurrency_key_error", row.key, message=f"concurrency.key: {exc}; the step queues "
+                                                                   "under one shared key instead")
+    flow.lock_admissions()
+    if flow.step_slot_free(row.concurrency_key, concurrency.limit):
+        return False
+    row.status = StepStatus.QUEUED
+    row.save(force_insert=True)
+    fx.event(run.pk, "step_queued", row.key, message="waiting for a concurrency slot",
+             data={"type": spec.type, "concurrency_key": row.concurrency_key, "limit": concurrency.limit,
+                   "holding": flow.step_holders(row.concurrency_key)})
+    # Slots may be free with others queued ahead: admit in order (this step, maybe).
+    flow.admit_steps(row.concurrency_key, fx)
+    return True
+
+
+def release_step_slots(keys: set[str], fx: Effects) -> None:
+    """Steps holding these concurrency keys ended (or parked): admit their next waiters."""
+    for key in sorted(k for k in keys if k):
+        flow.admit_steps(key, fx)
+
+
+def admit_runs(key: str, fx: Effects) -> int:
+    """Start the next queued runs of ``key`` while it has free slots (priority, then creation
+    order), in the caller's transaction; their first steps are published after commit."""
+    if not key:
+        return 0
+    flow.lock_admissions()
+    limit = flow.run_limit(key)
+    free = limit - flow.run_holders(key)
+    admitted = 0
+    if free <= 0:
+        return 0
+    for run_id in flow.queued_runs(key, free):
+        if admitted >= free:
+            break
+        if not flow.lock_queued_run(run_id):
+            continue  # busy (being cancelled): the next release or the sweep decides
+        started = now()
+        if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(status=RunStatus.RUNNING,
+                                                                         started_at=started) != 1:
+            continue
+        run = Run.objects.select_related("workflow").get(pk=run_id)
+        waited = (started - run.created_at).total_seconds()
+        fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
+                 data={"workflow": run.workflow_name, "version": run.workflow.version, "admitted": True,
+                       "concurrency_key": key, "limit": limit, "waited_seconds": round(waited, 3)})
+        fx.status_changes.append((run.pk, RunStatus.RUNNING))
+        wf = workflow_spec(run)
+        activate(run, wf, wf.steps[0], fx)
+        admitted += 1
+    return admitted
 
 
 def start_inline(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution, fx: Effects) -> None:
@@ -373,6 +441,8 @@ def cancel_open_steps(run: Run, fx: Effects, *, parent: StepExecution | None = N
     rows = list(qs.values_list("id", "key", "status", "type", "state"))
     if not rows:
         return 0
+    released = set(qs.filter(status__in=STEP_HOLDING).exclude(concurrency_key="")
+                   .values_list("concurrency_key", flat=True))
     t = now()
     for step_id, _key, status, type_name, state in rows:
         step_type = step_types.get(type_name)
@@ -388,6 +458,7 @@ def cancel_open_steps(run: Run, fx: Effects, *, parent: StepExecution | None = N
         )
     for _, key, status, _, _ in rows:
         fx.event(run.pk, "step_cancelled", key, message=reason, data={"previous_status": status})
+    release_step_slots(released, fx)
     return len(rows)
 
 
@@ -457,5 +528,7 @@ def finish_run(run: Run, wf: WorkflowSpec | None, fx: Effects, status: str, *, o
     fx.event(run.pk, f"run_{status}", actor=actor, message=(error or {}).get("message", ""),
              data={"error": error} if error else {})
     fx.status_changes.append((run.pk, status))
+    if run.concurrency_key:
+        admit_runs(run.concurrency_key, fx)  # its slot is free: the next queued run starts
     if run.parent_step_id is not None:
         fanout.notify_parent(run, fx)

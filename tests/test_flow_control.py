@@ -1,0 +1,209 @@
+"""Flow control: ``concurrency`` (per workflow and per step) and ``priority`` (runs.engine.flow).
+
+The limits are checked from the rows the engine recorded: each run's span (its steps'
+first ``started_at`` to last ``finished_at``) and each step's, overlapped per key.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from runs.definitions import DefinitionError, validate
+from runs.engine import recovery
+from runs.errors import StartError
+from runs.models import Run, RunEvent, RunStatus
+from runs.services import start_run
+from steps.models import StepExecution, StepStatus
+from tests.conftest import EMBEDDED, queue_length, wait_for_run
+from tests.support.workers import wait_until
+
+
+def max_overlap(spans: list[tuple[Any, Any]]) -> int:
+    """The most spans open at one instant (an end at the same instant as a start comes first)."""
+    points = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
+                    key=lambda p: (p[0], p[1]))
+    open_now = best = 0
+    for _, delta in points:
+        open_now += delta
+        best = max(best, open_now)
+    return best
+
+
+def wait_all(run_ids: list[Any], timeout: float = 60.0) -> None:
+    def done() -> bool:
+        return not Run.objects.filter(pk__in=run_ids).exclude(
+            status__in=(RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)).exists()
+
+    wait_until(done, timeout=timeout, interval=0.2, message="every run to finish")
+    assert set(Run.objects.filter(pk__in=run_ids).values_list("status", flat=True)) == {RunStatus.COMPLETED}
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _doc(**extra: Any) -> dict[str, Any]:
+    step = {"name": "s", "type": "task", "handler": "test.value", **extra.pop("step", {})}
+    return {"name": "flow-check", "steps": [step], **extra}
+
+
+@pytest.mark.parametrize(("document", "path", "words"), [
+    (_doc(concurrency={"limit": 0}), "concurrency.limit", "minimum"),
+    (_doc(concurrency={"limit": "2"}), "concurrency.limit", "integer"),
+    (_doc(concurrency={"limit": 1.5}), "concurrency.limit", "integer"),
+    (_doc(concurrency={"key": "{{ input.k }}"}), "concurrency", "'limit' is a required property"),
+    (_doc(concurrency={"limit": 2, "per": "x"}), "concurrency", "unknown field"),
+    (_doc(concurrency={"limit": 2, "key": "{{ input.k "}), "concurrency.key", ""),
+    (_doc(concurrency={"limit": 2, "key": "{{ steps.s.output }}"}), "concurrency.key", "before any step"),
+    (_doc(step={"concurrency": {"limit": -1}}), "steps[0].concurrency.limit", "minimum"),
+    (_doc(step={"concurrency": {"limit": 1, "keys": "x"}}), "steps[0].concurrency", "unknown field"),
+    (_doc(priority="high"), "priority", "integer"),
+    (_doc(priority=101), "priority", "maximum"),
+    (_doc(priority=True), "priority", "integer"),
+])
+def test_bad_flow_control_is_refused_naming_the_field(document: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        validate(document)
+    assert any(p == path and words in m for p, m in info.value.errors), info.value.errors
+
+
+def test_concurrency_on_a_step_that_holds_no_worker_is_refused() -> None:
+    with pytest.raises(DefinitionError) as info:
+        validate({"name": "x", "steps": [{"name": "w", "type": "wait", "seconds": 1, "concurrency": {"limit": 1}}]})
+    assert any(p == "steps[0]" and "concurrency" in m for p, m in info.value.errors), info.value.errors
+
+
+def test_a_good_definition_keeps_its_flow_control() -> None:
+    spec = validate(_doc(priority=-5, concurrency={"limit": 3, "key": "{{ input.k }}"},
+                         step={"concurrency": {"limit": 2}}))
+    assert spec.priority == -5
+    assert spec.concurrency is not None and (spec.concurrency.limit, spec.concurrency.key) == (3, "{{ input.k }}")
+    step = spec.steps[0].concurrency
+    assert step is not None and (step.limit, step.key) == (2, None)
+
+
+def test_a_bad_start_priority_is_refused(db: Any, workflow: Any) -> None:
+    workflow(_doc())
+    with pytest.raises(StartError) as info:
+        start_run("flow-check", {}, priority=1000)
+    assert info.value.errors[0][0] == "priority"
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+def test_a_workflow_key_never_has_more_than_its_limit_active(engine: Any, workflow: Any) -> None:
+    # A timer between two tasks: a run holds its slot while it holds no worker, so two
+    # workers could run far more than 2 per key at once if admission did not hold them back.
+    workflow({"name": "flow-runs", "concurrency": {"limit": 2, "key": "{{ input.customer }}"}, "steps": [
+        {"name": "a", "type": "task", "handler": "test.value"},
+        {"name": "pause", "type": "wait", "seconds": 0.02},
+        {"name": "b", "type": "task", "handler": "test.value"},
+    ]})
+    ids = [start_run("flow-runs", {"customer": f"c{i % 2}"}).run.pk for i in range(200)]
+    wait_all(ids, timeout=90)
+    spans: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    first: dict[Any, Any] = {}
+    last: dict[Any, Any] = {}
+    for run_id, started, finished in StepExecution.objects.filter(run_id__in=ids).values_list(
+            "run_id", "started_at", "finished_at"):
+        first[run_id] = min(first.get(run_id, started), started)
+        last[run_id] = max(last.get(run_id, finished), finished)
+    customers = dict(Run.objects.filter(pk__in=ids).values_list("id", "input__customer"))
+    for run_id in ids:
+        spans[customers[run_id]].append((first[run_id], last[run_id]))
+    assert sorted(spans) == ["c0", "c1"]
+    assert {key: max_overlap(s) for key, s in spans.items()} == {"c0": 2, "c1": 2}
+    queued = RunEvent.objects.filter(run_id__in=ids, kind="run_queued")
+    assert queued.exists() and "concurrency slot" in queued.first().message  # type: ignore[union-attr]
+    # Every queued run was admitted once, as a run_started saying so.
+    assert RunEvent.objects.filter(run_id__in=ids, kind="run_started", data__admitted=True).count() == queued.count()
+
+
+def test_a_step_key_never_has_more_than_its_limit_running(engine: Any, workflow: Any) -> None:
+    # The timer's wake-ups make many runs' "call" ready at once (a worker that finished
+    # "prep" would otherwise run its own run's next steps itself, one run after another).
+    workflow({"name": "flow-steps", "steps": [
+        {"name": "prep", "type": "task", "handler": "test.value"},
+        {"name": "pause", "type": "wait", "seconds": 0.05},
+        {"name": "call", "type": "task", "handler": "test.sleep", "config": {"seconds": 0.05},
+         "concurrency": {"limit": 1, "key": "{{ input.tenant }}"}},
+        {"name": "after", "type": "task", "handler": "test.value"},
+    ]})
+    ids = [start_run("flow-steps", {"tenant": f"t{i % 2}"}).run.pk for i in range(30)]
+    wait_all(ids)
+    spans: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    tenants = dict(Run.objects.filter(pk__in=ids).values_list("id", "input__tenant"))
+    for run_id, started, finished in StepExecution.objects.filter(run_id__in=ids, name="call").values_list(
+            "run_id", "started_at", "finished_at"):
+        spans[tenants[run_id]].append((started, finished))
+    assert {key: max_overlap(s) for key, s in spans.items()} == {"t0": 1, "t1": 1}
+    assert RunEvent.objects.filter(run_id__in=ids, kind="step_queued").exists()
+    assert RunEvent.objects.filter(run_id__in=ids, kind="step_admitted").exists()
+
+
+def test_queued_runs_hold_nothing_and_are_admitted_by_priority(engine: Any, workflow: Any, ledger: Path,
+                                                                tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    workflow({"name": "flow-prio", "concurrency": {"limit": 1}, "steps": [
+        {"name": "s", "type": "task", "handler": "test.gate",
+         "config": {"ledger": "{{ input.ledger }}", "gate": "{{ input.gate }}"}},
+    ]})
+    args = {"ledger": str(ledger), "gate": str(gate)}
+    holder = start_run("flow-prio", args).run
+    wait_until(lambda: StepExecution.objects.filter(run=holder, status=StepStatus.RUNNING).exists(), timeout=20,
+               message="the holder's step to run")
+    priorities = [0, 5, -3, 10, 5]
+    waiting = [start_run("flow-prio", args, priority=p).run for p in priorities]
+    assert {r.status for r in waiting} == {RunStatus.QUEUED}
+    # Queued: no step row, so no doorbell and no worker; nothing in the broker either.
+    assert not StepExecution.objects.filter(run__in=waiting).exists()
+    if not EMBEDDED and settings.BROKER_SCHEME.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        assert queue_length(client, settings.CELERY_TASK_DEFAULT_QUEUE) == 0
+    assert [e.kind for e in RunEvent.objects.filter(run=waiting[0])] == ["run_queued"]
+    gate.touch()
+    wait_all([holder.pk, *(r.pk for r in waiting)])
+    order = list(Run.objects.filter(pk__in=[r.pk for r in waiting]).order_by("started_at")
+                 .values_list("id", flat=True))
+    expected = [waiting[i].pk for i in (3, 1, 4, 0, 2)]  # 10, 5 (first), 5 (second), 0, -3
+    assert order == expected
+    admitted = RunEvent.objects.filter(run=waiting[3], kind="run_started").get()
+    assert admitted.data["admitted"] is True
+
+
+def test_the_sweep_admits_what_a_crash_left_queued(fresh_engine: Any, workflow: Any) -> None:
+    # No engine (fresh_engine stops the shared one; none is started): the holder ends by a bare UPDATE (as if its process died after committing
+    # and before any admission); the reconciler's sweep derives the admission from the rows.
+    workflow({"name": "flow-sweep", "concurrency": {"limit": 1, "key": "{{ input.k }}"},
+              "steps": [{"name": "s", "type": "task", "handler": "test.value"}]})
+    holder = start_run("flow-sweep", {"k": "x"}).run
+    queued = start_run("flow-sweep", {"k": "x"}).run
+    other = start_run("flow-sweep", {"k": "y"}).run
+    assert (holder.status, queued.status, other.status) == (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.RUNNING)
+    assert recovery.admit_waiting() == 0  # the slot is taken
+    Run.objects.filter(pk=holder.pk).update(status=RunStatus.COMPLETED)
+    StepExecution.objects.filter(run=holder).update(status=StepStatus.COMPLETED)
+    assert recovery.admit_waiting() == 1
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.RUNNING and queued.started_at is not None
+    assert StepExecution.objects.get(run=queued).status == StepStatus.READY
+    assert recovery.admit_waiting() == 0
+
+
+def test_the_sweep_admits_a_queued_step_whose_holder_ended_without_admitting(fresh_engine: Any,
+                                                                             workflow: Any) -> None:
+    workflow({"name": "flow-step-sweep", "steps": [
+        {"name": "s", "type": "task", "handler": "test.value", "concurrency": {"limit": 1}}]})
+    first = start_run("flow-step-sweep", {}).run
+    second = start_run("flow-step-sweep", {}).run
+    assert StepExecution.objects.get(run=second).status == StepStatus.QUEUED
+    StepExecution.objects.filter(run=first).update(status=StepStatus.FAILED)
+    assert recovery.admit_waiting() == 1
+    assert StepExecution.objects.get(run=second).status == StepStatus.READY
