@@ -31,8 +31,8 @@ from .models import RUN_TERMINAL, IllegalTransition, Run, RunEvent, RunStatus, W
 COUNT_CAP = 10_000
 # The admin index links to the dashboard (runs.dashboard).
 admin.site.index_template = "admin/stevora_index.html"
-STATUS_COLORS = {"completed": "#cfeccf", "failed": "#f4c7c3", "running": "#cfe2f3", "pending": "#e8eef5", "queued": "#e8eef5",
-                 "waiting": "#fbe8b0", "paused": "#fbe8b0", "cancelled": "#e3e3e3"}
+STATUS_COLORS = {"completed": "#cfeccf", "failed": "#f4c7c3", "running": "#cfe2f3", "pending": "#e8eef5",
+                 "queued": "#e8eef5", "waiting": "#fbe8b0", "paused": "#fbe8b0", "cancelled": "#e3e3e3"}
 
 
 class CappedCountPaginator(Paginator):

@@ -19,7 +19,7 @@ from runs.errors import StartError
 from runs.models import Run, RunEvent, RunStatus
 from runs.services import start_run
 from steps.models import StepExecution, StepStatus
-from tests.conftest import EMBEDDED, queue_length, wait_for_run
+from tests.conftest import EMBEDDED, queue_length
 from tests.support.workers import wait_until
 
 
@@ -111,6 +111,7 @@ def test_a_workflow_key_never_has_more_than_its_limit_active(engine: Any, workfl
     last: dict[Any, Any] = {}
     for run_id, started, finished in StepExecution.objects.filter(run_id__in=ids).values_list(
             "run_id", "started_at", "finished_at"):
+        assert started is not None and finished is not None
         first[run_id] = min(first.get(run_id, started), started)
         last[run_id] = max(last.get(run_id, finished), finished)
     customers = dict(Run.objects.filter(pk__in=ids).values_list("id", "input__customer"))
@@ -179,8 +180,8 @@ def test_queued_runs_hold_nothing_and_are_admitted_by_priority(engine: Any, work
 
 
 def test_the_sweep_admits_what_a_crash_left_queued(fresh_engine: Any, workflow: Any) -> None:
-    # No engine (fresh_engine stops the shared one; none is started): the holder ends by a bare UPDATE (as if its process died after committing
-    # and before any admission); the reconciler's sweep derives the admission from the rows.
+    # No engine (fresh_engine stops the shared one; none is started): the holder ends by a
+    # bare UPDATE (as if it ended without admitting); the sweep derives the admission.
     workflow({"name": "flow-sweep", "concurrency": {"limit": 1, "key": "{{ input.k }}"},
               "steps": [{"name": "s", "type": "task", "handler": "test.value"}]})
     holder = start_run("flow-sweep", {"k": "x"}).run

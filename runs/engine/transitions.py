@@ -528,7 +528,7 @@ def finish_run(run: Run, wf: WorkflowSpec | None, fx: Effects, status: str, *, o
     fx.event(run.pk, f"run_{status}", actor=actor, message=(error or {}).get("message", ""),
              data={"error": error} if error else {})
     fx.status_changes.append((run.pk, status))
+    if run.parent_step_id is not None:
+        fanout.notify_parent(run, fx)  # the parent's run lock before the admission lock (lock order)
     if run.concurrency_key:
         admit_runs(run.concurrency_key, fx)  # its slot is free: the next queued run starts
-    if run.parent_step_id is not None:
-        fanout.notify_parent(run, fx)
