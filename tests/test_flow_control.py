@@ -208,3 +208,24 @@ def test_the_sweep_admits_a_queued_step_whose_holder_ended_without_admitting(fre
     StepExecution.objects.filter(run=first).update(status=StepStatus.FAILED)
     assert recovery.admit_waiting() == 1
     assert StepExecution.objects.get(run=second).status == StepStatus.READY
+
+
+def test_a_crash_after_the_holders_commit_loses_no_admission(fresh_engine: Any, workflow: Any,
+                                                              tmp_path: Path) -> None:
+    # The holder's commit ends its run and admits the queued one (its first step claimed by
+    # the committing worker, or rung after commit); the process dies right after that commit,
+    # before anything is published. The admitted run still finishes, from the rows alone.
+    once = tmp_path / "fault-fired"
+    workflow({"name": "flow-crash", "concurrency": {"limit": 1},
+              "steps": [{"name": "s", "type": "task", "handler": "test.value", "config": {"value": 1}}]})
+    doomed = fresh_engine(STEVORA_FAULT_POINT="before_effects", STEVORA_FAULT_ONCE_FILE=str(once))
+    holder = start_run("flow-crash", {}).run
+    queued = start_run("flow-crash", {}).run
+    assert queued.status == RunStatus.QUEUED
+    wait_until(once.exists, timeout=30, message="the fault point to fire")
+    if EMBEDDED:  # the engine itself died: start another
+        wait_until(lambda: not doomed.alive(), timeout=10, message="the engine to die")
+        fresh_engine()
+    wait_all([holder.pk, queued.pk], timeout=45)
+    assert StepExecution.objects.get(run=queued).output == 1
+    assert RunEvent.objects.filter(run=queued, kind="run_started", data__admitted=True).count() == 1

@@ -5,22 +5,22 @@ work step's bounds its *holding steps* (``ready`` or ``running``) per key. What 
 for a slot is a row — a ``queued`` run (no step yet) or a ``queued`` step (no message) —
 and holds no worker. The database decides, under one lock:
 
-- every change that can fill a slot (a start, a step activation, an admission) takes the
-  admission lock (``lock_admissions``), counts the key's holders and its queue, and
-  either takes the slot or queues;
-- every change that frees one (a run that ends, a step that completes, fails for good,
-  parks or is cancelled) admits the next waiters of that key in the same transaction,
-  in order: priority (higher first), then creation order;
+- a run or step that meets a ``concurrency`` is inserted ``queued``, and every change that
+  frees a slot (a run that ends, a step that completes, fails for good, parks or is
+  cancelled) names its key; at the end of the transaction (``Effects.flush`` ->
+  ``transitions.admit_pending``), under the admission lock, each named key admits its
+  waiters while it has free slots, in order: priority (higher first), then creation
+  order. A new run or step with a free slot and nobody ahead is so admitted at once, in
+  the transaction that created it;
 - the reconciler's ``admit_waiting`` sweep re-derives the same admissions from the rows,
   so a crash between a commit and its admission's doorbell, or a path that frees a slot
   without admitting, costs one sweep interval, nothing more.
 
 The lock is one PostgreSQL transaction-level advisory lock for all keys (SQLite's
-``BEGIN IMMEDIATE`` serialises writers anyway). One lock, taken at most once per
-transaction (it is re-entrant), cannot deadlock with itself however many keys a
-commit touches; other runs' rows are then locked ``SKIP LOCKED`` (a run that is busy is
-passed over and picked up by the next release or sweep), so it never waits behind
-another run's lock either. Its place in the lock order is in docs/operations.md.
+``BEGIN IMMEDIATE`` serialises writers anyway), taken last, after every run lock the
+transaction waits for: one lock cannot deadlock with itself however many keys a commit
+touches, and after it other runs' rows are only locked ``SKIP LOCKED`` (a busy run is
+passed over and picked up by the next release or the sweep). Its place in the lock order is in docs/operations.md.
 
 Priority is an integer in ``PRIORITY_MIN..PRIORITY_MAX`` (default 0): the database
 orders by it exactly; the broker gets a coarse band of it (``dispatch.broker_priority``).
@@ -108,14 +108,6 @@ def step_holders(key: str) -> int:
     return StepExecution.objects.filter(concurrency_key=key, status__in=STEP_HOLDING).count()
 
 
-def step_slot_free(key: str, limit: int) -> bool:
-    """Under ``lock_admissions``: may a new step of ``key`` take a slot now (a free slot
-    and nobody queued ahead of it)?"""
-    if StepExecution.objects.filter(concurrency_key=key, status=StepStatus.QUEUED).exists():
-        return False
-    return step_holders(key) < limit
-
-
 def _step_spec(workflow: Any, name: str) -> StepSpec | None:
     wf = spec_for(workflow)
     spec = wf.by_name.get(name)
@@ -127,10 +119,10 @@ def _step_spec(workflow: Any, name: str) -> StepSpec | None:
 
 def admit_steps(key: str, fx: Effects) -> int:
     """Make the next queued steps of ``key`` ready while it has free slots (priority, then
-    creation order); their doorbells ring after commit. Inside a transaction."""
+    creation order); their doorbells ring after commit. Inside a transaction, under
+    ``lock_admissions`` (``transitions.admit_pending``)."""
     if not key:
         return 0
-    lock_admissions()
     queued = (StepExecution.objects.filter(concurrency_key=key, status=StepStatus.QUEUED,
                                            run__status__in=_ADMITTING_RUNS)
               .order_by("-priority", "id").select_related("run__workflow"))
@@ -153,8 +145,12 @@ def admit_steps(key: str, fx: Effects) -> int:
         if StepExecution.objects.filter(pk=step_id, status=StepStatus.QUEUED).update(
                 status=StepStatus.READY, ready_at=now, dispatched_at=now if publish else None) != 1:
             continue
-        fx.event(run_id, "step_admitted", step_key, message="a concurrency slot is free",
-                 data={"concurrency_key": key, "limit": limit})
+        fresh = fx.queued_here.pop(step_id, None)
+        if fresh is not None:  # queued by this very transaction, and a slot was free: plain ready
+            fx.event(run_id, "step_ready", step_key, data={"type": fresh.data.get("type")})
+        else:
+            fx.event(run_id, "step_admitted", step_key, message="a concurrency slot is free",
+                     data={"concurrency_key": key, "limit": limit})
         fx.dispatch.append(step_id)
         if priority:
             fx.priorities[step_id] = priority
@@ -167,13 +163,6 @@ def admit_steps(key: str, fx: Effects) -> int:
 
 def run_holders(key: str) -> int:
     return Run.objects.filter(concurrency_key=key, status__in=RUN_HOLDING).count()
-
-
-def run_slot_free(key: str, limit: int) -> bool:
-    """Under ``lock_admissions``: may a new run of ``key`` start now?"""
-    if Run.objects.filter(concurrency_key=key, status=RunStatus.QUEUED).exists():
-        return False
-    return run_holders(key) < limit
 
 
 def queued_runs(key: str, free: int) -> list[Any]:

@@ -199,16 +199,13 @@ def admit_waiting() -> int:
     cost one sweep interval instead of a queue that never moves."""
     run_keys, step_keys = flow.waiting_keys(_BATCH)
     admitted = 0
-    for key in run_keys:
-        with transaction.atomic():
-            fx = Effects()
-            admitted += t.admit_runs(key, fx)
-            fx.flush()
-    for key in step_keys:
-        with transaction.atomic():
-            fx = Effects()
-            admitted += flow.admit_steps(key, fx)
-            fx.flush()
+    for keys, kind in ((run_keys, "runs"), (step_keys, "steps")):
+        for key in keys:
+            with transaction.atomic():
+                fx = Effects()
+                (fx.admit_run_keys if kind == "runs" else fx.admit_step_keys).add(key)
+                fx.flush()  # admits, under the admission lock (transitions.admit_pending)
+                admitted += fx.admitted
     if admitted:
         logger.info("admitted %d queued run(s)/step(s) whose concurrency slot was free", admitted)
     return admitted

@@ -135,11 +135,9 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
                                       idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing, False
-    queued = False
-    if concurrency_key:
-        assert wf.concurrency is not None
-        flow.lock_admissions()
-        queued = not flow.run_slot_free(concurrency_key, wf.concurrency.limit)
+    # A run with a concurrency key is inserted queued; the transaction's flush starts it at
+    # once if its key has a free slot and nobody waits ahead of it (transitions.admit_pending).
+    queued = bool(concurrency_key)
     now = t.now()
     try:
         # The savepoint only serves the idempotency race below; without a key an
@@ -162,11 +160,11 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
     run.workflow = workflow
     if queued:
         assert wf.concurrency is not None
-        fx.event(run.pk, "run_queued", actor=actor, message="waiting for a concurrency slot",
-                 data={"workflow": workflow.name, "version": workflow.version, "concurrency_key": concurrency_key,
-                       "limit": wf.concurrency.limit, "active": flow.run_holders(concurrency_key),
-                       **({"parent_run": str(parent_step.run_id)} if parent_step else {})})
-        t.admit_runs(concurrency_key, fx)  # slots may be free with others queued ahead: in order
+        fx.queued_here[run.pk] = RunEvent(
+            run_id=run.pk, kind="run_queued", actor=actor, message="waiting for a concurrency slot",
+            data={"workflow": workflow.name, "version": workflow.version, "concurrency_key": concurrency_key,
+                  "limit": wf.concurrency.limit, **({"parent_run": str(parent_step.run_id)} if parent_step else {})})
+        fx.admit_run_keys.add(concurrency_key)
         return run, True
     fx.event(run.pk, "run_started", actor=actor,
              data={"workflow": workflow.name, "version": workflow.version,

@@ -22,7 +22,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from runs.definitions import END, StepSpec, WorkflowSpec, spec_for
-from runs.models import RUN_ACTIVE, IllegalTransition, Run, RunStatus
+from runs.models import RUN_ACTIVE, IllegalTransition, Run, RunEvent, RunStatus
 from steps import clock
 from steps import types as step_types
 from steps.models import STEP_HOLDING, STEP_OPEN, StepExecution, StepStatus
@@ -30,7 +30,7 @@ from steps.templating import TemplateProblem, evaluate, render_value
 
 from . import fanout, flow, hotpath
 from .dispatch import can_publish
-from .effects import Effects
+from .effects import Effects, on_flush_admit
 from .revisits import revisitable
 
 logger = logging.getLogger("stevora.engine")
@@ -217,8 +217,9 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
 
 
 def _queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> bool:
-    """A work step with ``concurrency``: set its key; if its key has no free slot (or others
-    queue ahead of it), insert it ``queued`` (no message, no worker) and return True."""
+    """A work step with ``concurrency``: insert it ``queued`` under its rendered key (no
+    message, no worker); the transaction's flush admits it at once if a slot is free and
+    nobody waits ahead of it (``admit_pending``)."""
     concurrency = spec.concurrency
     assert concurrency is not None
     prefix = flow.step_prefix(run.workspace_id, run.workflow_name, spec.name)
@@ -229,31 +230,45 @@ def _queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> bo
         row.concurrency_key = flow.render_key(prefix, "<key error>", {})
         fx.event(run.pk, "concurrency_key_error", row.key, message=f"concurrency.key: {exc}; the step queues "
                                                                    "under one shared key instead")
-    flow.lock_admissions()
-    if flow.step_slot_free(row.concurrency_key, concurrency.limit):
-        return False
     row.status = StepStatus.QUEUED
     row.save(force_insert=True)
-    fx.event(run.pk, "step_queued", row.key, message="waiting for a concurrency slot",
-             data={"type": spec.type, "concurrency_key": row.concurrency_key, "limit": concurrency.limit,
-                   "holding": flow.step_holders(row.concurrency_key)})
-    # Slots may be free with others queued ahead: admit in order (this step, maybe).
-    flow.admit_steps(row.concurrency_key, fx)
+    fx.queued_here[row.pk] = RunEvent(run_id=run.pk, kind="step_queued", step_key=row.key,
+                                      message="waiting for a concurrency slot",
+                                      data={"type": spec.type, "concurrency_key": row.concurrency_key,
+                                            "limit": concurrency.limit})
+    fx.admit_step_keys.add(row.concurrency_key)
     return True
 
 
 def release_step_slots(keys: set[str], fx: Effects) -> None:
-    """Steps holding these concurrency keys ended (or parked): admit their next waiters."""
-    for key in sorted(k for k in keys if k):
-        flow.admit_steps(key, fx)
+    """Steps holding these concurrency keys ended (or parked): their next waiters are
+    admitted when the transaction flushes."""
+    fx.admit_step_keys.update(k for k in keys if k)
+
+
+def admit_pending(fx: Effects) -> None:
+    """``Effects.flush``: admit the waiters of every key this transaction queued on or freed,
+    under the admission lock — taken here, after every run lock the transaction blocked on
+    (docs/operations.md, the lock order). An admission may queue or free more (a run's
+    first step with ``concurrency``; a run that ends at once): until nothing is left."""
+    flow.lock_admissions()
+    while fx.admit_run_keys or fx.admit_step_keys:
+        if fx.admit_run_keys:
+            key = min(fx.admit_run_keys)
+            fx.admit_run_keys.discard(key)
+            fx.admitted += admit_runs(key, fx)
+        else:
+            key = min(fx.admit_step_keys)
+            fx.admit_step_keys.discard(key)
+            fx.admitted += flow.admit_steps(key, fx)
 
 
 def admit_runs(key: str, fx: Effects) -> int:
     """Start the next queued runs of ``key`` while it has free slots (priority, then creation
-    order), in the caller's transaction; their first steps are published after commit."""
+    order), in the caller's transaction, under the admission lock (``admit_pending``); their
+    first steps are published after commit."""
     if not key:
         return 0
-    flow.lock_admissions()
     limit = flow.run_limit(key)
     free = limit - flow.run_holders(key)
     admitted = 0
@@ -269,10 +284,15 @@ def admit_runs(key: str, fx: Effects) -> int:
                                                                          started_at=started) != 1:
             continue
         run = Run.objects.select_related("workflow").get(pk=run_id)
-        waited = (started - run.created_at).total_seconds()
-        fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
-                 data={"workflow": run.workflow_name, "version": run.workflow.version, "admitted": True,
-                       "concurrency_key": key, "limit": limit, "waited_seconds": round(waited, 3)})
+        if fx.queued_here.pop(run.pk, None) is not None:  # started by this transaction: a slot was free
+            fx.event(run.pk, "run_started", actor=run.created_by,
+                     data={"workflow": run.workflow_name, "version": run.workflow.version,
+                           **({"parent_run": str(run.parent_run_id)} if run.parent_run_id else {})})
+        else:
+            waited = (started - run.created_at).total_seconds()
+            fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
+                     data={"workflow": run.workflow_name, "version": run.workflow.version, "admitted": True,
+                           "concurrency_key": key, "limit": limit, "waited_seconds": round(waited, 3)})
         fx.status_changes.append((run.pk, RunStatus.RUNNING))
         wf = workflow_spec(run)
         activate(run, wf, wf.steps[0], fx)
@@ -531,4 +551,7 @@ def finish_run(run: Run, wf: WorkflowSpec | None, fx: Effects, status: str, *, o
     if run.parent_step_id is not None:
         fanout.notify_parent(run, fx)  # the parent's run lock before the admission lock (lock order)
     if run.concurrency_key:
-        admit_runs(run.concurrency_key, fx)  # its slot is free: the next queued run starts
+        fx.admit_run_keys.add(run.concurrency_key)  # its slot is free: the next queued run starts at flush
+
+
+on_flush_admit(admit_pending)

@@ -50,6 +50,8 @@ def start_run(name: str, run_input: Any = None, *, workspace: Workspace | int | 
         run, created = starting.create_run(workflow, run_input, fx, idempotency_key=idempotency_key, actor=actor,
                                            budget=budget, priority=priority)
         fx.flush()
+        if run.concurrency_key and created:  # the flush admitted it, or it waits queued
+            run.refresh_from_db(fields=["status", "started_at"])
     return StartResult(run, created)
 
 
