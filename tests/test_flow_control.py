@@ -229,3 +229,44 @@ def test_a_crash_after_the_holders_commit_loses_no_admission(fresh_engine: Any, 
     wait_all([holder.pk, queued.pk], timeout=45)
     assert StepExecution.objects.get(run=queued).output == 1
     assert RunEvent.objects.filter(run=queued, kind="run_started", data__admitted=True).count() == 1
+
+
+def test_the_api_takes_a_priority_and_shows_a_queued_run(db: Any) -> None:
+    from runs.services import load_workflow
+    from tests.api_support import SERVICE_PERMS, client_for, errors_by_field, make_user
+
+    api = client_for(make_user("svc", SERVICE_PERMS))
+    load_workflow({"name": "flow-api", "priority": 2, "concurrency": {"limit": 1},
+                   "steps": [{"name": "s", "type": "task", "handler": "test.value"}]})
+    first = api.post("/api/v1/runs/", {"workflow": "flow-api"}, format="json")
+    second = api.post("/api/v1/runs/", {"workflow": "flow-api", "priority": 7}, format="json")
+    assert first.status_code == 201 and second.status_code == 201, second.json()
+    assert (first.json()["status"], first.json()["priority"]) == ("running", 2)
+    assert (second.json()["status"], second.json()["priority"]) == ("queued", 7)
+    assert second.json()["steps"] == []
+    assert "priority" in errors_by_field(api.post("/api/v1/runs/", {"workflow": "flow-api", "priority": 101},
+                                                  format="json"))
+    assert "priority" in errors_by_field(api.post("/api/v1/runs/", {"workflow": "flow-api", "priority": "high"},
+                                                  format="json"))
+    cancelled = api.post(f"/api/v1/runs/{second.json()['id']}/cancel/", {}, format="json")
+    assert cancelled.status_code == 200, cancelled.json()
+    assert Run.objects.get(pk=second.json()["id"]).status == RunStatus.CANCELLED
+
+
+def test_queued_steps_are_admitted_by_priority(engine: Any, workflow: Any, ledger: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    workflow({"name": "flow-step-prio", "steps": [
+        {"name": "s", "type": "task", "handler": "test.gate", "concurrency": {"limit": 1},
+         "config": {"ledger": "{{ input.ledger }}", "gate": "{{ input.gate }}"}},
+    ]})
+    args = {"ledger": str(ledger), "gate": str(gate)}
+    holder = start_run("flow-step-prio", args).run
+    wait_until(lambda: StepExecution.objects.filter(run=holder, status=StepStatus.RUNNING).exists(), timeout=20,
+               message="the holder's step to run")
+    waiting = [start_run("flow-step-prio", args, priority=p).run for p in (-1, 3, 0, 3)]
+    assert set(StepExecution.objects.filter(run__in=waiting).values_list("status", flat=True)) == {StepStatus.QUEUED}
+    assert {r.status for r in waiting} == {RunStatus.RUNNING}  # a run whose step waits is running, honestly
+    gate.touch()
+    wait_all([holder.pk, *(r.pk for r in waiting)])
+    order = list(StepExecution.objects.filter(run__in=waiting).order_by("started_at").values_list("run_id", flat=True))
+    assert order == [waiting[i].pk for i in (1, 3, 2, 0)]
