@@ -270,3 +270,21 @@ def test_queued_steps_are_admitted_by_priority(engine: Any, workflow: Any, ledge
     wait_all([holder.pk, *(r.pk for r in waiting)])
     order = list(StepExecution.objects.filter(run__in=waiting).order_by("started_at").values_list("run_id", flat=True))
     assert order == [waiting[i].pk for i in (1, 3, 2, 0)]
+
+
+def test_map_items_with_a_step_key_respect_it(engine: Any, workflow: Any) -> None:
+    # Items started at once and items promoted from max_concurrency's pending rows both queue
+    # on the item step's key.
+    workflow({"name": "flow-map", "steps": [
+        {"name": "each", "type": "map", "over": "{{ input.items }}", "max_concurrency": 3,
+         "step": {"type": "task", "handler": "test.sleep", "config": {"seconds": 0.05},
+                  "concurrency": {"limit": 1, "key": "{{ item % 2 }}"}}},
+    ]})
+    ids = [start_run("flow-map", {"items": list(range(8))}).run.pk for _ in range(2)]
+    wait_all(ids)
+    spans: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+    for index, started, finished in StepExecution.objects.filter(run_id__in=ids, name="each[]").values_list(
+            "item_index", "started_at", "finished_at"):
+        spans[index % 2].append((started, finished))
+    assert {key: max_overlap(s) for key, s in spans.items()} == {0: 1, 1: 1}
+    assert sum(len(s) for s in spans.values()) == 16

@@ -182,7 +182,8 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
         item_index=item_index, visit=visit, max_attempts=spec.retry.max_attempts, ready_at=t,
         state={"item": item} if item_index is not None else {}, priority=run.priority,
     )
-    if work and status == StepStatus.READY and spec.concurrency is not None and _queue_step(run, spec, row, fx):
+    if work and status == StepStatus.READY and spec.concurrency is not None:
+        queue_step(run, spec, row, fx)
         return row
     if work and status == StepStatus.READY:
         if fx.claim_owner and fx.claimed is None and run.status == RunStatus.RUNNING:
@@ -216,10 +217,11 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     return row
 
 
-def _queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> bool:
+def queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects, *, pending: bool = False) -> bool:
     """A work step with ``concurrency``: insert it ``queued`` under its rendered key (no
     message, no worker); the transaction's flush admits it at once if a slot is free and
-    nobody waits ahead of it (``admit_pending``)."""
+    nobody waits ahead of it (``admit_pending``). ``pending``: ``row`` exists, a map item
+    held back by ``max_concurrency`` (pending -> queued); False if it was not pending."""
     concurrency = spec.concurrency
     assert concurrency is not None
     prefix = flow.step_prefix(run.workspace_id, run.workflow_name, spec.name)
@@ -230,8 +232,16 @@ def _queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects) -> bo
         row.concurrency_key = flow.render_key(prefix, "<key error>", {})
         fx.event(run.pk, "concurrency_key_error", row.key, message=f"concurrency.key: {exc}; the step queues "
                                                                    "under one shared key instead")
-    row.status = StepStatus.QUEUED
-    row.save(force_insert=True)
+    row.priority = run.priority
+    if pending:
+        if StepExecution.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(
+                status=StepStatus.QUEUED, concurrency_key=row.concurrency_key, priority=row.priority,
+                ready_at=now()) != 1:
+            return False
+        row.status = StepStatus.QUEUED
+    else:
+        row.status = StepStatus.QUEUED
+        row.save(force_insert=True)
     fx.queued_here[row.pk] = RunEvent(run_id=run.pk, kind="step_queued", step_key=row.key,
                                       message="waiting for a concurrency slot",
                                       data={"type": spec.type, "concurrency_key": row.concurrency_key,
