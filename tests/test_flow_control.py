@@ -288,3 +288,22 @@ def test_map_items_with_a_step_key_respect_it(engine: Any, workflow: Any) -> Non
         spans[index % 2].append((started, finished))
     assert {key: max_overlap(s) for key, s in spans.items()} == {0: 1, 1: 1}
     assert sum(len(s) for s in spans.values()) == 16
+
+
+def test_the_admin_shows_a_queued_run_and_offers_to_cancel_it(db: Any, client: Any) -> None:
+    from django.contrib.auth.models import User
+
+    from runs.services import load_workflow
+
+    load_workflow({"name": "flow-admin", "concurrency": {"limit": 1},
+                   "steps": [{"name": "s", "type": "task", "handler": "test.value"}]})
+    start_run("flow-admin", {})
+    queued = start_run("flow-admin", {}).run
+    assert queued.status == RunStatus.QUEUED
+    client.force_login(User.objects.create_superuser("root", password="root-pass-123"))
+    page = client.get(f"/admin/runs/run/{queued.pk}/change/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "queued" in text and "waiting for a concurrency slot" in text and "Cancel" in text
+    listing = client.get("/admin/runs/run/", {"status__exact": "queued"})
+    assert listing.status_code == 200 and str(queued.pk) in listing.content.decode()
