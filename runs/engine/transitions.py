@@ -261,6 +261,10 @@ def admit_pending(fx: Effects) -> None:
     under the admission lock — taken here, after every run lock the transaction blocked on
     (docs/operations.md, the lock order). An admission may queue or free more (a run's
     first step with ``concurrency``; a run that ends at once): until nothing is left."""
+    if not connection.in_atomic_block:  # the lock must last until the admissions commit
+        with transaction.atomic():
+            admit_pending(fx)
+        return
     flow.lock_admissions()
     while fx.admit_run_keys or fx.admit_step_keys:
         if fx.admit_run_keys:
