@@ -284,6 +284,7 @@ def test_map_items_with_a_step_key_respect_it(engine: Any, workflow: Any) -> Non
     spans: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
     for index, started, finished in StepExecution.objects.filter(run_id__in=ids, name="each[]").values_list(
             "item_index", "started_at", "finished_at"):
+        assert index is not None
         spans[index % 2].append((started, finished))
     assert {key: max_overlap(s) for key, s in spans.items()} == {0: 1, 1: 1}
     assert sum(len(s) for s in spans.values()) == 16
