@@ -114,7 +114,7 @@ class RunSerializer(serializers.ModelSerializer):
         fields = ["id", "workflow", "version", "status", "input", "output", "error", "idempotency_key",
                   "parent_run", "forked_from", "forked_from_step", "replay",
                   "created_by", "created_at", "started_at", "finished_at", "updated_at",
-                  "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens"]
+                  "input_tokens", "output_tokens", "cost_usd", "max_cost_usd", "max_tokens", "priority"]
         read_only_fields = fields
 
 
@@ -155,6 +155,9 @@ class RunStartSerializer(serializers.Serializer):
     max_cost_usd = MoneyField(required=False, help_text="Budget: the run fails once its LLM calls cost more.")
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=INT64_MAX,
                                     help_text="Budget: the run fails once its LLM calls use more tokens.")
+    priority = StrictIntegerField(required=False, min_value=-100, max_value=100,
+                                  help_text="Overrides the workflow's priority (default 0): higher first wherever "
+                                            "work waits (a concurrency queue, the step queue).")
 
 
 class BatchItemSerializer(serializers.Serializer):
@@ -172,6 +175,9 @@ class RunBatchStartSerializer(serializers.Serializer):
     max_cost_usd = MoneyField(required=False, help_text="Budget of each run.")
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=INT64_MAX,
                                     help_text="Budget of each run.")
+    priority = StrictIntegerField(required=False, min_value=-100, max_value=100,
+                                  help_text="Overrides the workflow's priority (default 0): higher first wherever "
+                                            "work waits (a concurrency queue, the step queue).")
 
 
 class BatchRunSerializer(serializers.Serializer):

@@ -166,7 +166,7 @@ class RunListCreate(generics.GenericAPIView):
         budget = {k: str(data[k]) for k in ("max_cost_usd", "max_tokens") if data.get(k) is not None}
         result = services.start_run(data["workflow"], data.get("input", {}), workspace=workspace_of(request),
                                     version=data.get("version"), idempotency_key=key, actor=actor_of(request),
-                                    budget=budget or None)
+                                    budget=budget or None, priority=data.get("priority"))
         run = Run.objects.select_related("workflow").get(pk=result.run.pk)
         return Response(RunDetailSerializer(run).data,
                         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
@@ -187,7 +187,8 @@ class RunBatchStart(APIView):
         budget = {k: str(data[k]) for k in ("max_cost_usd", "max_tokens") if data.get(k) is not None}
         items = [services.BatchItem(item.get("input", {}), item.get("idempotency_key")) for item in data["items"]]
         results = services.start_runs(data["workflow"], items, workspace=workspace_of(request),
-                                      version=data.get("version"), actor=actor_of(request), budget=budget or None)
+                                      version=data.get("version"), actor=actor_of(request), budget=budget or None,
+                                      priority=data.get("priority"))
         created = sum(1 for r in results if r.created)
         answer = {"created": created, "existing": len(results) - created,
                   "runs": [{"id": r.run.pk, "status": r.run.status, "created": r.created} for r in results]}

@@ -32,7 +32,7 @@ COUNT_CAP = 10_000
 # The admin index links to the dashboard (runs.dashboard).
 admin.site.index_template = "admin/stevora_index.html"
 STATUS_COLORS = {"completed": "#cfeccf", "failed": "#f4c7c3", "running": "#cfe2f3", "pending": "#e8eef5",
-                 "waiting": "#fbe8b0", "paused": "#fbe8b0", "cancelled": "#e3e3e3"}
+                 "queued": "#e8eef5", "waiting": "#fbe8b0", "paused": "#fbe8b0", "cancelled": "#e3e3e3"}
 
 
 class CappedCountPaginator(Paginator):
@@ -202,7 +202,8 @@ class RunAdmin(admin.ModelAdmin):
         timeline = admin_timeline.build(run)
         controls = []
         if self.has_change_permission(request, run):
-            if run.status in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+            if run.status in (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING,
+                              RunStatus.PAUSED):
                 controls.append(("cancel", "Cancel"))
             if run.status in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PENDING):
                 controls.append(("pause", "Pause"))

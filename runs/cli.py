@@ -16,7 +16,7 @@ from .models import Run, RunEvent
 from .shapes import LLMCallSerializer, ToolCallSerializer
 
 STATUS_MARK = {
-    "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "waiting": "⏸",
+    "completed": "✔", "failed": "✘", "running": "▶", "ready": "…", "pending": "·", "queued": "⋯", "waiting": "⏸",
     "cancelled": "⊘", "skipped": "↷", "paused": "⏸",
 }
 

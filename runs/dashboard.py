@@ -31,7 +31,8 @@ from .models import Run, RunStatus
 HOURS = 24
 STEP_SAMPLE = 20_000
 STATUS_COLORS = {"completed": "#59a14f", "failed": "#e15759", "cancelled": "#bab0ac", "running": "#4e79a7",
-                 "waiting": "#edc948", "paused": "#f28e2b", "pending": "#76b7b2"}
+                 "waiting": "#edc948", "paused": "#f28e2b", "pending": "#76b7b2",
+                 "queued": "#9c755f"}
 
 
 @dataclass

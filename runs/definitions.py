@@ -92,6 +92,10 @@ class StepSpec:
     def is_work(self) -> bool:
         return self.type in WORK_TYPES
 
+    @property
+    def concurrency(self) -> ConcurrencySpec | None:
+        return ConcurrencySpec.of(self.raw.get("concurrency"))
+
 
 @dataclass(frozen=True)
 class TriggerSpec:
@@ -116,6 +120,23 @@ class TriggerSpec:
         return self.kind in ("cron", "every")
 
 
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+
+
+@dataclass(frozen=True)
+class ConcurrencySpec:
+    """``concurrency: {limit: N, key: "{{ … }}"}`` of a workflow or a work step."""
+
+    limit: int
+    key: str | None = None  # a template; None: one key for the workflow (or the step)
+
+    @classmethod
+    def of(cls, raw: Any) -> ConcurrencySpec | None:
+        if not isinstance(raw, dict):
+            return None
+        return cls(limit=int(raw["limit"]), key=raw.get("key"))
+
+
 @dataclass
 class WorkflowSpec:
     name: str
@@ -129,6 +150,10 @@ class WorkflowSpec:
     has_output: bool
     budget: dict[str, Any]
     triggers: list[TriggerSpec] = field(default_factory=list)
+    # Flow control (docs/definitions.md): the default priority of its runs, and at most
+    # ``concurrency.limit`` active runs per rendered ``concurrency.key``.
+    priority: int = 0
+    concurrency: ConcurrencySpec | None = None
 
     @property
     def content_hash(self) -> str:
@@ -454,6 +479,16 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
             if declared != "object" and not (isinstance(declared, list) and "object" in declared):
                 builder.error("input_schema.type", f"run input is always a JSON object, so the schema's type "
                                                    f"must be 'object', not {declared!r}")
+    concurrency = document.get("concurrency")
+    if isinstance(concurrency, dict) and isinstance(concurrency.get("key"), str):
+        try:
+            check_template(concurrency["key"])
+        except TemplateProblem as exc:
+            builder.error("concurrency.key", str(exc))
+        else:
+            for name in step_references(concurrency["key"]):
+                builder.error("concurrency.key", f"steps.{name}: a run's concurrency key is decided before any "
+                                                 "step runs; it may use input and run only")
     triggers = _build_triggers(document.get("triggers") or [], builder.error)
     if builder.errors:
         raise DefinitionError(builder.errors, source)
@@ -461,7 +496,7 @@ def validate(document: Any, *, source: str | None = None, handler_exists: Any = 
         name=document["name"], description=document.get("description", ""), document=document, steps=steps,
         by_name=builder.by_name, sequences=builder.sequences, input_schema=document.get("input_schema"),
         output=document.get("output"), has_output="output" in document, budget=document.get("budget") or {},
-        triggers=triggers,
+        triggers=triggers, priority=int(document.get("priority") or 0), concurrency=ConcurrencySpec.of(concurrency),
     )
     for trigger in triggers:
         # A schedule's input is fixed, so it is checked now, not at 3 a.m. when it fires; an

@@ -106,10 +106,11 @@ def run_families(w: Window) -> Iterator[Metric]:
     open_steps = GaugeMetricFamily(
         "stevora_steps_open", "Steps of unfinished runs that are not finished, by status (ready: waiting "
         "for a worker; running; waiting: for an approval, event, timer or child run; pending: held back "
-        "by a map's max_concurrency) and step type.", labels=["status", "type"])
+        "by a map's max_concurrency; queued: waiting for a concurrency slot) and step type.",
+        labels=["status", "type"])
     active = [s for s in RunStatus.values if s not in RUN_TERMINAL]
     for row in (StepExecution.objects.filter(run__status__in=active, status__in=(
-            StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING, StepStatus.PENDING))
+            StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING, StepStatus.PENDING, StepStatus.QUEUED))
             .values("status", "type").annotate(n=Count("id")).order_by()):
         open_steps.add_metric([row["status"], row["type"]], row["n"])
     yield open_steps

@@ -69,12 +69,18 @@ class Workflow(models.Model):
 class RunStatus(models.TextChoices):
     """Run state machine (DESIGN §3)::
 
+        queued -> running          (admitted: a concurrency slot of its key is free)
+        queued -> cancelled
         pending -> running <-> waiting
         running -> paused -> running
         running|waiting|paused -> completed | failed | cancelled
         failed -> running          (retry from the failed step)
+
+    ``queued`` is a run of a workflow with ``concurrency`` whose key had no free slot when
+    it started: no step exists yet, nothing holds a worker (runs.engine.flow).
     """
 
+    QUEUED = "queued"
     PENDING = "pending"
     RUNNING = "running"
     WAITING = "waiting"
@@ -85,7 +91,9 @@ class RunStatus(models.TextChoices):
 
 
 RUN_TERMINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-RUN_ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+RUN_ACTIVE = (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+# Runs that hold a slot of their workflow's concurrency key (started and not yet ended).
+RUN_HOLDING = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
 
 
 class Run(models.Model):
@@ -125,6 +133,10 @@ class Run(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     max_cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     max_tokens = models.BigIntegerField(null=True, blank=True)
+    # Flow control (runs.engine.flow): higher first wherever work waits; the rendered
+    # concurrency key of its workflow ("" when the workflow declares none).
+    priority = models.SmallIntegerField(default=0)
+    concurrency_key = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -141,6 +153,9 @@ class Run(models.Model):
             # runs.services.retention: finished runs, oldest first (the purge's keyset walk).
             models.Index(fields=["workspace", "finished_at", "id"],
                          condition=Q(status__in=["completed", "failed", "cancelled"]), name="run_finished_idx"),
+            # runs.engine.flow: the runs of a concurrency key (holders counted, queued admitted).
+            models.Index(fields=["concurrency_key", "status"], condition=~Q(concurrency_key=""),
+                         name="run_concurrency_idx"),
         ]
         ordering = ["-created_at"]
 
@@ -213,6 +228,6 @@ def record(run_id: Any, kind: str, *, step_key: str = "", actor: str = "", messa
 
 
 __all__ = [
-    "IllegalTransition", "Run", "RunEvent", "RunStatus", "RUN_ACTIVE", "RUN_TERMINAL",
+    "IllegalTransition", "Run", "RunEvent", "RunStatus", "RUN_ACTIVE", "RUN_HOLDING", "RUN_TERMINAL",
     "Worker", "Workflow", "Workspace", "record",
 ]

@@ -15,11 +15,16 @@ class StepStatus(models.TextChoices):
         waiting -> ready            (a task step parked until a live worker has its handler)
         failed  -> ready            (run retried from this step)
 
-    ``pending`` is a map item held back by ``max_concurrency``. Any non-terminal
-    step becomes ``cancelled`` when its run is cancelled.
+        queued  -> ready            (admitted: a concurrency slot of its key is free)
+
+    ``pending`` is a map item held back by ``max_concurrency``; ``queued`` a work step
+    with ``concurrency`` whose key had no free slot (no message, no worker: it is made
+    ready when a holder ends, runs.engine.flow). Any non-terminal step becomes
+    ``cancelled`` when its run is cancelled.
     """
 
     PENDING = "pending"
+    QUEUED = "queued"
     READY = "ready"
     RUNNING = "running"
     WAITING = "waiting"
@@ -30,7 +35,9 @@ class StepStatus(models.TextChoices):
 
 
 STEP_TERMINAL = (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
-STEP_OPEN = (StepStatus.PENDING, StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
+STEP_OPEN = (StepStatus.PENDING, StepStatus.QUEUED, StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
+# Steps that hold a slot of their concurrency key.
+STEP_HOLDING = (StepStatus.READY, StepStatus.RUNNING)
 
 
 class StepExecution(models.Model):
@@ -78,6 +85,10 @@ class StepExecution(models.Model):
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # Flow control (runs.engine.flow): its run's priority, and its rendered concurrency key
+    # ("" when the step declares none).
+    priority = models.SmallIntegerField(default=0)
+    concurrency_key = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -97,6 +108,9 @@ class StepExecution(models.Model):
             # the next pending ones in item order.
             models.Index(fields=["parent", "status", "item_index"], condition=Q(parent__isnull=False),
                          name="step_parent_idx"),
+            # runs.engine.flow: the steps of a concurrency key (holders counted, queued admitted).
+            models.Index(fields=["concurrency_key", "status"], condition=~Q(concurrency_key=""),
+                         name="step_concurrency_idx"),
         ]
         ordering = ["id"]
 

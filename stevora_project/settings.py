@@ -170,6 +170,9 @@ _TASK_HARD_LIMIT = int(STEVORA_MAX_STEP_SECONDS + 3 * STEVORA_TIMEOUT_GRACE_SECO
 # task may run); RabbitMQ redelivers it when the consumer's connection closes.
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", _TASK_HARD_LIMIT + 600, minimum=60),
+    # Every Celery priority level its own list (kombu's default is 0, 3, 6, 9): run priorities
+    # map to 1..2 above the default 3 and 4..9 below it (runs.engine.dispatch.broker_priority).
+    "priority_steps": list(range(10)),
 }
 if IS_EMBEDDED_BROKER:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.02}
@@ -188,8 +191,8 @@ CELERY_TASK_TIME_LIMIT = _TASK_HARD_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env_str("STEVORA_QUEUE") or "stevora"
-# Doorbells the reconciler rings again (recovered steps, lost messages) go ahead of any backlog.
-# Redis serves priority 0 first (kombu's priority_steps 0, 3, 6, 9): steps go at 3, those at 0.
+# Doorbells of steps recovered from dead workers go ahead of any backlog (runs.engine.dispatch).
+# Redis serves priority 0 first (priority_steps 0..9 above): steps go at 3, those at 0.
 # RabbitMQ serves the highest first, from a queue declared with x-max-priority 9: steps go at
 # 3, those at 9. (A queue declared earlier without x-max-priority must be deleted first:
 # RabbitMQ refuses to redeclare it with other arguments.)

@@ -93,8 +93,9 @@ def purge_queue() -> None:
 
 def queue_length(client: Any, queue: str) -> int:
     """Messages waiting in ``queue`` on Redis, over kombu's priority lists (``queue`` holds
-    priority 0, ``queue\x06\x16N`` priority N; steps are published at 3)."""
-    keys = [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]
+    priority 0, ``queue\x06\x16N`` priority N; steps are published at 3, run priorities
+    at 1..9: settings' ``priority_steps``)."""
+    keys = [queue] + [f"{queue}\x06\x16{p}" for p in range(1, 10)]
     return sum(int(client.llen(key)) for key in keys)
 
 

@@ -50,14 +50,32 @@ URGENT = settings.STEVORA_URGENT_PRIORITY
 NORMAL = settings.CELERY_TASK_DEFAULT_PRIORITY
 
 
+def broker_priority(priority: int) -> int:
+    """The Celery message priority of a step whose run has ``priority`` (-100..100, higher
+    first): NORMAL (the default level, 3) for 0; otherwise a band between NORMAL and
+    URGENT for positive priorities, below NORMAL for negative ones. URGENT itself is
+    left to the reconciler's doorbells. Redis serves 0 first (``priority_steps`` 0..9 in
+    settings), RabbitMQ 9."""
+    if priority == 0:
+        return NORMAL
+    if settings.IS_AMQP_BROKER:  # 9 urgent, 4..8 above the default 3, 0..2 below
+        return NORMAL + min(5, 1 + (priority - 1) // 20) if priority > 0 else NORMAL - min(3, 1 + (-priority - 1) // 34)
+    # Redis (and the embedded transport): 0 urgent, 1..2 above the default 3, 4..9 below.
+    return NORMAL - (1 if priority <= 50 else 2) if priority > 0 else NORMAL + min(6, 1 + (-priority - 1) // 17)
+
+
 def _send(name: str, step_id: int, countdown: float | None = None, priority: int = NORMAL) -> None:
     current_app.send_task(name, (step_id,), countdown=countdown, priority=priority)
 
 
 def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None, *,
-                   urgent: bool = False) -> None:
+                   urgent: bool = False, priorities: dict[int, int] | None = None) -> None:
+    """Ring the doorbells of ``step_ids`` (``priorities``: their runs' priority, where not 0:
+    sent first and with ``broker_priority``)."""
     if not step_ids and not countdowns:
         return
+    if priorities and not urgent:
+        step_ids = sorted(step_ids, key=lambda step_id: -priorities.get(step_id, 0))
     fault_point("before_publish")
     if not can_publish():
         return
@@ -66,7 +84,7 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
             for step_id in step_ids:
                 _send(RUN_STEP, step_id, priority=URGENT)
         elif len(step_ids) == 1:
-            _send(RUN_STEP, step_ids[0])
+            _send(RUN_STEP, step_ids[0], priority=broker_priority((priorities or {}).get(step_ids[0], 0)))
         elif step_ids:
             # Many doorbells (a fan-out, a batch start, a bulk decision): one message each, sent
             # through one Redis pipeline where kombu offers publish batches (one round trip per
@@ -75,7 +93,8 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
                 batch = getattr(producer, "batch", None)
                 with batch() if batch is not None else contextlib.nullcontext():
                     for step_id in step_ids:
-                        current_app.send_task(RUN_STEP, (step_id,), producer=producer, priority=NORMAL)
+                        current_app.send_task(RUN_STEP, (step_id,), producer=producer,
+                                              priority=broker_priority((priorities or {}).get(step_id, 0)))
         for step_id, delay in countdowns or []:
             if settings.IS_EMBEDDED_BROKER:
                 # The embedded worker runs countdown messages on Celery's timer thread; publish

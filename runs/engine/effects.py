@@ -23,6 +23,14 @@ from runs.signals import run_status_changed
 from .dispatch import dispatch_steps, dispatch_wakes
 from .faults import fault_point
 
+# Flow control's admission (runs.engine.transitions.admit_pending), registered by the engine:
+# this module sits below the code that starts runs and steps.
+_admitters: list[Callable[[Effects], None]] = []
+
+
+def on_flush_admit(fn: Callable[[Effects], None]) -> None:
+    _admitters[:] = [fn]
+
 
 @dataclass
 class Effects:
@@ -32,6 +40,8 @@ class Effects:
     # Doorbells rung again by the reconciler: ahead of the queue (dispatch.URGENT).
     urgent: list[int] = field(default_factory=list)
     countdowns: list[tuple[int, float]] = field(default_factory=list)
+    # The run priority of doorbells in ``dispatch`` that have one (flow control; absent: 0).
+    priorities: dict[int, int] = field(default_factory=dict)
     # Waiting steps due within a minute get a countdown message; later ones only the sweep.
     wakes: list[tuple[int, float]] = field(default_factory=list)
     history: list[RunEvent] = field(default_factory=list)
@@ -44,6 +54,14 @@ class Effects:
     claimed: Any = None
     # Runs that changed status, for signals (webhooks, waiters).
     status_changes: list[tuple[Any, str]] = field(default_factory=list)
+    # Flow control (runs.engine.flow): concurrency keys whose queued runs / steps may be
+    # admitted, decided at ``flush`` under the admission lock, after every run lock this
+    # transaction takes; and what this transaction queued (its history row is written at
+    # flush: "queued" if it still waits, nothing extra if it was admitted at once).
+    admit_run_keys: set[str] = field(default_factory=set)
+    admit_step_keys: set[str] = field(default_factory=set)
+    queued_here: dict[Any, RunEvent] = field(default_factory=dict)
+    admitted: int = 0
 
     def event(self, run_id: Any, kind: str, step_key: str = "", *, actor: str = "", message: str = "",
               data: dict[str, Any] | None = None) -> None:
@@ -51,7 +69,13 @@ class Effects:
                                      message=message, data=data or {}))
 
     def flush(self) -> None:
-        """Write the history rows and schedule the publish; call last, inside the transaction."""
+        """Admit what waits for a freed slot, write the history rows and schedule the publish;
+        call last, inside the transaction."""
+        if self.admit_run_keys or self.admit_step_keys or self.queued_here:
+            for admit in _admitters:
+                admit(self)
+            self.history.extend(self.queued_here.values())  # queued, and still waiting
+            self.queued_here = {}
         if self.history:
             RunEvent.objects.bulk_create(self.history)
             self.history = []
@@ -60,7 +84,7 @@ class Effects:
 
     def publish(self) -> None:
         fault_point("before_effects")  # crash tests: committed, nothing after it has happened
-        dispatch_steps(self.dispatch, self.countdowns)
+        dispatch_steps(self.dispatch, self.countdowns, priorities=self.priorities)
         dispatch_steps(self.urgent, urgent=True)
         dispatch_wakes(self.wakes)
         for fn in self.after_commit:

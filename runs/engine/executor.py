@@ -320,6 +320,7 @@ def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output:
         row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, now
         fx = Effects(claim_owner=owner, lease_seconds=lease_seconds())
         fx.event(run.pk, "step_completed", row.key, data=_attempt_data(row, owner, now))
+        t.release_step_slots({row.concurrency_key}, fx)
         t.advance(run, wf, row, spec, fx)
         fx.flush()
     fault_point("after_commit")
@@ -354,6 +355,7 @@ def commit_park(row: StepExecution, park: step_types.Park, owner: str, *, render
         if park.before_commit is not None:
             park.before_commit()
         fx = Effects()
+        t.release_step_slots({row.concurrency_key}, fx)  # a parked step holds no slot
         fx.event(run.pk, "step_waiting", row.key, message=park.reason,
                  data={**park.data, "parked": True, "attempt": row.attempt, "worker": owner})
         t.refresh_run_status(run, fx)
@@ -424,6 +426,7 @@ def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, 
             if updated == 1:
                 fx.event(run.pk, "step_failed", row.key, message=error["message"],
                          data={**_attempt_data(row, owner, now), "error": error})
+                t.release_step_slots({row.concurrency_key}, fx)
                 if spec is not None:
                     t.step_failed(run, wf, row, spec, error, fx)
                 else:

@@ -24,7 +24,7 @@ from .dispatch import can_publish
 from .effects import Effects
 
 MAX_CHILD_DEPTH = 10  # runs below a top-level run (a workflow step that starts its own workflow)
-_ACTIVE_ITEM = (StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
+_ACTIVE_ITEM = (StepStatus.QUEUED, StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
 _PENDING_BATCH = 2000
 
 
@@ -79,7 +79,7 @@ def start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
         StepExecution.objects.bulk_create([
             StepExecution(run_id=run.pk, key=f"{row.key}[{index}]", name=item_spec.name, type=item_spec.type,
                           parent=row, item_index=index, visit=1, max_attempts=item_spec.retry.max_attempts,
-                          ready_at=now, state={"item": item}, status=StepStatus.PENDING)
+                          ready_at=now, state={"item": item}, status=StepStatus.PENDING, priority=run.priority)
             for index, item in enumerate(items[limit:], start=limit)
         ], batch_size=_PENDING_BATCH)
     t.refresh_run_status(run, fx)  # as for parallel: an item that parked judged too early
@@ -170,6 +170,9 @@ def map_item_done(run: Run, wf: WorkflowSpec, item: StepExecution, fx: Effects) 
 
 def _promote_pending(run: Run, wf: WorkflowSpec, spec: StepSpec, child: StepExecution, fx: Effects) -> None:
     now = t.now()
+    if step_types.is_work(spec.type) and spec.concurrency is not None:
+        t.queue_step(run, spec, child, fx, pending=True)  # its concurrency key decides when it is ready
+        return
     if step_types.is_work(spec.type):
         updated = StepExecution.objects.filter(pk=child.pk, status=StepStatus.PENDING).update(
             status=StepStatus.READY, ready_at=now, dispatched_at=now if can_publish() else None)

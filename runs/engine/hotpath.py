@@ -79,15 +79,15 @@ _NOT_APPLICABLE = object()
 def successor(row: StepExecution, spec: StepSpec, wf: WorkflowSpec) -> StepSpec | None:
     """The successor the one-statement commit can take, or None (use the general commit)."""
     if (connection.vendor != "postgresql" or row.type != "task" or row.parent_id is not None
-            or row.item_index is not None or row.run.status != RunStatus.RUNNING):
-        return None
+            or row.item_index is not None or row.run.status != RunStatus.RUNNING or row.concurrency_key):
+        return None  # (a step holding a concurrency slot frees it in the general commit)
     if not connection.get_autocommit() or connection.in_atomic_block:
         return None  # inside someone's transaction: the general path keeps its semantics
     if spec.next == END:
         return None
     target = wf.by_name.get(spec.next) if spec.next is not None else wf.following(spec)
     if (target is None or target.sequence != spec.sequence or not step_types.is_work(target.type)
-            or target.name in revisitable(wf)):
+            or target.name in revisitable(wf) or target.concurrency is not None):
         return None
     return target
 
@@ -186,7 +186,7 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
         run_id=row.run_id, key=target.name, name=target.name, type=target.type, parent=None, branch=row.branch,
         item_index=None, visit=1, max_attempts=target.retry.max_attempts, ready_at=t, state={},
         status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds),
-        attempt=1, started_at=t, dispatched_at=t,
+        attempt=1, started_at=t, dispatched_at=t, priority=row.priority,
     )
     db = _db()
     params: list[Any] = [row.run_id, StepStatus.COMPLETED, field("output").get_db_prep_save(output, db),
@@ -212,8 +212,9 @@ def finishes(row: StepExecution, spec: StepSpec, wf: WorkflowSpec) -> bool:
     (no ``output`` template, no parent run to notify): the one-statement finish applies."""
     if (connection.vendor != "postgresql" or row.type != "task" or row.parent_id is not None
             or row.item_index is not None or row.run.status != RunStatus.RUNNING
-            or row.run.parent_step_id is not None or wf.has_output):
-        return False
+            or row.run.parent_step_id is not None or wf.has_output or row.concurrency_key
+            or row.run.concurrency_key):
+        return False  # (a run or step holding a concurrency slot frees it in the general commit)
     if not connection.get_autocommit() or connection.in_atomic_block:
         return False
     return spec.next == END or (spec.next is None and wf.following(spec) is None)

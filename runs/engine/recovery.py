@@ -9,7 +9,9 @@ from the step queue. Each sweep:
    a growing gap per step, so a backlog is not flooded with copies;
 3. waiting steps whose ``wake_at`` passed are woken (timer done, approval or event timeout);
 4. child runs are settled: a child whose parent step ended is cancelled, a failed child
-   whose parent step was reopened by a retry is retried (``settle_child_runs``).
+   whose parent step was reopened by a retry is retried (``settle_child_runs``);
+5. queued runs and steps whose concurrency key has a free slot are admitted
+   (``admit_waiting``, runs.engine.flow).
 
 Every change is a guarded update under the run's lock, so two sweeps at once (or a
 sweep racing a worker) change each row at most once. On PostgreSQL an advisory lock
@@ -35,7 +37,7 @@ from runs.models import RUN_TERMINAL, Run, RunStatus
 from steps import types as step_types
 from steps.models import STEP_TERMINAL, StepExecution, StepStatus
 
-from . import fanout
+from . import fanout, flow
 from . import transitions as t
 from .dispatch import can_publish, dispatch_steps
 from .effects import Effects
@@ -45,7 +47,7 @@ logger = logging.getLogger("stevora.reconciler")
 _ADVISORY_KEY = 0x5E7E_0A1A
 _BATCH = 500
 _LIVE_RUNS = (RunStatus.RUNNING, RunStatus.WAITING)
-_OPEN_RUNS = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
+_OPEN_RUNS = (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
 
 # Retrying a failed child run belongs to the run services (``retry_run``); they register it.
 _child_retry: list[Callable[[Any, str], Any]] = []
@@ -81,6 +83,7 @@ def sweep() -> dict[str, Any]:
             "redispatched": redispatch_ready(),
             "woken": wake_due(),
             "children": settle_child_runs(),
+            "admitted": admit_waiting(),
         }
 
 
@@ -142,12 +145,13 @@ def redispatch_ready() -> int:
         StepExecution.objects.filter(status=StepStatus.READY, run__status__in=_LIVE_RUNS)
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
         .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - gap))
-        # Never rung first, then the longest waiting: the queue serves them in this order.
-        .order_by(F("dispatched_at").asc(nulls_first=True), "ready_at", "id")
-        .values_list("id", "run_id", "key", "dispatched_at", "ready_at", "not_before")[:_BATCH]
+        # The highest priority, then never rung, then the longest waiting: the queue serves them so.
+        .order_by("-priority", F("dispatched_at").asc(nulls_first=True), "ready_at", "id")
+        .values_list("id", "run_id", "key", "dispatched_at", "ready_at", "not_before", "priority")[:_BATCH]
     )
     due, first_rings = [], []
-    for step_id, run_id, key, dispatched_at, ready_at, not_before in rows:
+    priorities = {row[0]: row[-1] for row in rows if row[-1]}
+    for step_id, run_id, key, dispatched_at, ready_at, not_before, _ in rows:
         if dispatched_at is None:
             due.append(step_id)
             continue
@@ -166,10 +170,10 @@ def redispatch_ready() -> int:
         for run_id, key in first_rings:
             fx.event(run_id, "step_redispatched", key, message="doorbell overdue; published again")
         fx.flush()
-    # At the ordinary priority: a replacement takes the place the lost doorbell had (after a
-    # broker restart, every doorbell was lost alike), and a copy of one merely behind a long
-    # backlog must not jump it. Only steps recovered from dead workers go ahead (above).
-    dispatch_steps(due)
+    # At the run's own priority, not urgent: a replacement takes the place the lost doorbell
+    # had (after a broker restart, every doorbell was lost alike), and a copy of one merely
+    # behind a long backlog must not jump it. Only steps recovered from dead workers go ahead.
+    dispatch_steps(due, priorities={step_id: priorities[step_id] for step_id in due if step_id in priorities})
     return len(due)
 
 
@@ -190,6 +194,26 @@ def _broker_restarted() -> bool:
         return False
     previous, _broker_seen["run_id"] = _broker_seen["run_id"], run_id
     return previous is not None and run_id != previous
+
+
+def admit_waiting() -> int:
+    """Re-derive concurrency admissions from the rows (runs.engine.flow): every key with a
+    queued run or step admits its next waiters if it has free slots. Each commit that frees
+    a slot admits in its own transaction; this sweep is what makes a crash in between, or
+    a path that frees a slot without admitting (a retried step's worker lost its handler),
+    cost one sweep interval instead of a queue that never moves."""
+    run_keys, step_keys = flow.waiting_keys(_BATCH)
+    admitted = 0
+    for keys, kind in ((run_keys, "runs"), (step_keys, "steps")):
+        for key in keys:
+            with transaction.atomic():
+                fx = Effects()
+                (fx.admit_run_keys if kind == "runs" else fx.admit_step_keys).add(key)
+                fx.flush()  # admits, under the admission lock (transitions.admit_pending)
+                admitted += fx.admitted
+    if admitted:
+        logger.info("admitted %d queued run(s)/step(s) whose concurrency slot was free", admitted)
+    return admitted
 
 
 def wake_due() -> int:

@@ -14,8 +14,9 @@ from runs.errors import NotFound, StartError
 from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
 from steps import types as step_types
 from steps.models import StepExecution, StepStatus
+from steps.templating import TemplateProblem
 
-from . import hotpath
+from . import flow, hotpath
 from . import transitions as t
 from .dispatch import can_publish
 from .effects import Effects
@@ -57,9 +58,11 @@ def _budget_value(budget: dict[str, Any], key: str, path: str, errors: list[tupl
 
 
 def checked(workflow: Workflow, wf: WorkflowSpec, run_input: Any, idempotency_key: str | None,
-            budget: dict[str, Any] | None) -> tuple[Decimal | None, int | None]:
+            budget: dict[str, Any] | None, priority: Any = None) -> tuple[Decimal | None, int | None]:
     """Refuse a bad start whole, naming each problem; the run's budget limits."""
     errors = input_errors(wf, run_input)
+    if priority is not None and (problem := flow.priority_problem(priority)):
+        errors.append(("priority", problem))
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key.strip()
                                         or len(idempotency_key) > 255):
         errors.append(("idempotency_key", "must be a non-empty string of at most 255 characters"))
@@ -72,45 +75,69 @@ def checked(workflow: Workflow, wf: WorkflowSpec, run_input: Any, idempotency_ke
 
 
 def start_in_one_statement(workflow: Workflow, run_input: Any, *, actor: str,
-                           budget: dict[str, Any] | None) -> Run | None:
+                           budget: dict[str, Any] | None, priority: int | None = None) -> Run | None:
     """PostgreSQL, outside any transaction, no idempotency key, a work step first: the
     run, its first step and both history rows in one statement (what ``create_run`` and
     ``transitions.activate`` write), then its doorbell. None: take the general path."""
     wf = spec_for(workflow)
     first = wf.steps[0]
-    if not step_types.is_work(first.type):
-        return None
-    max_cost, max_tokens = checked(workflow, wf, run_input, None, budget)
+    if not step_types.is_work(first.type) or wf.concurrency is not None or first.concurrency is not None:
+        return None  # (concurrency: the admission decides, under its lock, in the general path)
+    max_cost, max_tokens = checked(workflow, wf, run_input, None, budget, priority)
+    priority = wf.priority if priority is None else priority
     now = t.now()
     run = Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
               status=RunStatus.RUNNING, input=run_input, created_by=actor, started_at=now, max_cost_usd=max_cost,
-              max_tokens=max_tokens)
+              max_tokens=max_tokens, priority=priority)
     step = StepExecution(run=run, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                          max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
-                         dispatched_at=now if can_publish() else None)
+                         dispatched_at=now if can_publish() else None, priority=priority)
     hotpath.start(
         run, step,
         RunEvent(run=run, kind="run_started", actor=actor,
                  data={"workflow": workflow.name, "version": workflow.version}),
         RunEvent(run=run, kind="step_ready", step_key=first.name, data={"type": first.type}))
-    Effects(dispatch=[step.pk], status_changes=[(run.pk, RunStatus.RUNNING)]).publish()
+    Effects(dispatch=[step.pk], status_changes=[(run.pk, RunStatus.RUNNING)],
+            priorities={step.pk: priority} if priority else {}).publish()
     return run
+
+
+def _run_key(workflow: Workflow, wf: WorkflowSpec, run_input: Any) -> str:
+    """The run's concurrency key ("" without ``concurrency``); a key that does not render
+    refuses the start, naming ``concurrency.key``."""
+    if wf.concurrency is None:
+        return ""
+    context = {"input": run_input, "run": {"workflow": workflow.name, "version": workflow.version}}
+    try:
+        return flow.render_key(flow.run_prefix(workflow.workspace_id, workflow.name), wf.concurrency.key, context)
+    except TemplateProblem as exc:
+        raise StartError(f"cannot start {workflow}: its concurrency key does not render",
+                         [("concurrency.key", str(exc))]) from None
 
 
 def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_key: str | None = None,
                parent_step: StepExecution | None = None, actor: str = "",
-               budget: dict[str, Any] | None = None) -> tuple[Run, bool]:
+               budget: dict[str, Any] | None = None, priority: int | None = None) -> tuple[Run, bool]:
     """Insert a run and activate its first step inside the caller's transaction.
 
+    A workflow with ``concurrency`` whose key has no free slot (or has runs queued ahead)
+    gets a ``queued`` run instead: no step, admitted when a slot frees (runs.engine.flow).
     (run, False) when a run with the same idempotency key exists (also when two starts
     race: the unique constraint decides)."""
     wf = spec_for(workflow)
-    max_cost, max_tokens = checked(workflow, wf, run_input, idempotency_key, budget)
+    max_cost, max_tokens = checked(workflow, wf, run_input, idempotency_key, budget, priority)
+    if priority is None:
+        # A child run inherits its parent's priority unless its definition sets one.
+        priority = wf.priority if wf.priority or parent_step is None else parent_step.priority
+    concurrency_key = _run_key(workflow, wf, run_input)
     if idempotency_key:
         existing = Run.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
                                       idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing, False
+    # A run with a concurrency key is inserted queued; the transaction's flush starts it at
+    # once if its key has a free slot and nobody waits ahead of it (transitions.admit_pending).
+    queued = bool(concurrency_key)
     now = t.now()
     try:
         # The savepoint only serves the idempotency race below; without a key an
@@ -118,9 +145,11 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
         with transaction.atomic() if idempotency_key else contextlib.nullcontext():
             run = Run.objects.create(
                 workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
-                status=RunStatus.RUNNING, input=run_input, idempotency_key=idempotency_key or None,
+                status=RunStatus.QUEUED if queued else RunStatus.RUNNING, input=run_input,
+                idempotency_key=idempotency_key or None,
                 parent_run_id=parent_step.run_id if parent_step else None, parent_step=parent_step,
-                created_by=actor, started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens,
+                created_by=actor, started_at=None if queued else now, max_cost_usd=max_cost, max_tokens=max_tokens,
+                priority=priority, concurrency_key=concurrency_key,
             )
     except IntegrityError:
         if not idempotency_key:
@@ -129,6 +158,14 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
                                    idempotency_key=idempotency_key)
         return existing, False
     run.workflow = workflow
+    if queued:
+        assert wf.concurrency is not None
+        fx.queued_here[run.pk] = RunEvent(
+            run_id=run.pk, kind="run_queued", actor=actor, message="waiting for a concurrency slot",
+            data={"workflow": workflow.name, "version": workflow.version, "concurrency_key": concurrency_key,
+                  "limit": wf.concurrency.limit, **({"parent_run": str(parent_step.run_id)} if parent_step else {})})
+        fx.admit_run_keys.add(concurrency_key)
+        return run, True
     fx.event(run.pk, "run_started", actor=actor,
              data={"workflow": workflow.name, "version": workflow.version,
                    **({"parent_run": str(parent_step.run_id)} if parent_step else {})})
@@ -138,7 +175,7 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
 
 
 def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int | None, str | None]], fx: Effects,
-                *, actor: str = "") -> list[Run]:
+                *, actor: str = "", priority: int | None = None) -> list[Run]:
     """Insert many runs of one workflow inside the caller's transaction, set-based.
 
     ``items`` are (input, max_cost, max_tokens, idempotency_key), checked already. When the
@@ -148,23 +185,24 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
     IntegrityError (the caller retries)."""
     wf = spec_for(workflow)
     first = wf.steps[0]
-    if not step_types.is_work(first.type):
+    if not step_types.is_work(first.type) or wf.concurrency is not None or first.concurrency is not None:
         runs = []
         for run_input, _cost, _tokens, key in items:
             budget = {"max_cost_usd": _cost, "max_tokens": _tokens}
-            runs.append(create_run(workflow, run_input, fx, idempotency_key=key, actor=actor,
+            runs.append(create_run(workflow, run_input, fx, idempotency_key=key, actor=actor, priority=priority,
                                    budget={k: str(v) for k, v in budget.items() if v is not None})[0])
         return runs
+    priority = wf.priority if priority is None else priority
     now = t.now()
     runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
-                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens)
+                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
             for run_input, max_cost, max_tokens, key in items]
     Run.objects.bulk_create(runs)
     dispatched = now if can_publish() else None
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
-                           dispatched_at=dispatched) for run in runs]
+                           dispatched_at=dispatched, priority=priority) for run in runs]
     StepExecution.objects.bulk_create(steps)
     started = {"workflow": workflow.name, "version": workflow.version}
     for run, step in zip(runs, steps, strict=True):
@@ -172,6 +210,8 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
         fx.event(run.pk, "step_ready", first.name, data={"type": first.type})
         fx.status_changes.append((run.pk, RunStatus.RUNNING))
         fx.dispatch.append(step.pk)
+        if priority:
+            fx.priorities[step.pk] = priority
     return runs
 
 

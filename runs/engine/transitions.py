@@ -22,15 +22,15 @@ from typing import Any
 from django.db import connection, transaction
 
 from runs.definitions import END, StepSpec, WorkflowSpec, spec_for
-from runs.models import RUN_ACTIVE, IllegalTransition, Run, RunStatus
+from runs.models import RUN_ACTIVE, IllegalTransition, Run, RunEvent, RunStatus
 from steps import clock
 from steps import types as step_types
-from steps.models import STEP_OPEN, StepExecution, StepStatus
+from steps.models import STEP_HOLDING, STEP_OPEN, StepExecution, StepStatus
 from steps.templating import TemplateProblem, evaluate, render_value
 
-from . import fanout, hotpath
+from . import fanout, flow, hotpath
 from .dispatch import can_publish
-from .effects import Effects
+from .effects import Effects, on_flush_admit
 from .revisits import revisitable
 
 logger = logging.getLogger("stevora.engine")
@@ -180,8 +180,11 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     row = StepExecution(
         run_id=run.pk, key=key, name=spec.name, type=spec.type, parent=parent, branch=branch,
         item_index=item_index, visit=visit, max_attempts=spec.retry.max_attempts, ready_at=t,
-        state={"item": item} if item_index is not None else {},
+        state={"item": item} if item_index is not None else {}, priority=run.priority,
     )
+    if work and status == StepStatus.READY and spec.concurrency is not None:
+        queue_step(run, spec, row, fx)
+        return row
     if work and status == StepStatus.READY:
         if fx.claim_owner and fx.claimed is None and run.status == RunStatus.RUNNING:
             # Fast path: the committing worker runs this step next without a broker round trip.
@@ -199,6 +202,8 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
             row.save(force_insert=True)
             if run.status != RunStatus.PAUSED:
                 fx.dispatch.append(row.pk)
+                if row.priority:
+                    fx.priorities[row.pk] = row.priority
         fx.event(run.pk, "step_ready", key, data={"type": spec.type})
         return row
     if status == StepStatus.PENDING:
@@ -210,6 +215,103 @@ def activate(run: Run, wf: WorkflowSpec, spec: StepSpec, fx: Effects, *, parent:
     row.save(force_insert=True)
     start_inline(run, wf, spec, row, fx)
     return row
+
+
+def queue_step(run: Run, spec: StepSpec, row: StepExecution, fx: Effects, *, pending: bool = False) -> bool:
+    """A work step with ``concurrency``: insert it ``queued`` under its rendered key (no
+    message, no worker); the transaction's flush admits it at once if a slot is free and
+    nobody waits ahead of it (``admit_pending``). ``pending``: ``row`` exists, a map item
+    held back by ``max_concurrency`` (pending -> queued); False if it was not pending."""
+    concurrency = spec.concurrency
+    assert concurrency is not None
+    prefix = flow.step_prefix(run.workspace_id, run.workflow_name, spec.name)
+    try:
+        row.concurrency_key = flow.render_key(prefix, concurrency.key, template_context(run, row))
+    except TemplateProblem as exc:
+        # Fail closed, not open: the step shares one key with every other such step.
+        row.concurrency_key = flow.render_key(prefix, "<key error>", {})
+        fx.event(run.pk, "concurrency_key_error", row.key, message=f"concurrency.key: {exc}; the step queues "
+                                                                   "under one shared key instead")
+    row.priority = run.priority
+    if pending:
+        if StepExecution.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(
+                status=StepStatus.QUEUED, concurrency_key=row.concurrency_key, priority=row.priority,
+                ready_at=now()) != 1:
+            return False
+        row.status = StepStatus.QUEUED
+    else:
+        row.status = StepStatus.QUEUED
+        row.save(force_insert=True)
+    fx.queued_here[row.pk] = RunEvent(run_id=run.pk, kind="step_queued", step_key=row.key,
+                                      message="waiting for a concurrency slot",
+                                      data={"type": spec.type, "concurrency_key": row.concurrency_key,
+                                            "limit": concurrency.limit})
+    fx.admit_step_keys.add(row.concurrency_key)
+    return True
+
+
+def release_step_slots(keys: set[str], fx: Effects) -> None:
+    """Steps holding these concurrency keys ended (or parked): their next waiters are
+    admitted when the transaction flushes."""
+    fx.admit_step_keys.update(k for k in keys if k)
+
+
+def admit_pending(fx: Effects) -> None:
+    """``Effects.flush``: admit the waiters of every key this transaction queued on or freed,
+    under the admission lock — taken here, after every run lock the transaction blocked on
+    (docs/operations.md, the lock order). An admission may queue or free more (a run's
+    first step with ``concurrency``; a run that ends at once): until nothing is left."""
+    if not connection.in_atomic_block:  # the lock must last until the admissions commit
+        with transaction.atomic():
+            admit_pending(fx)
+        return
+    flow.lock_admissions()
+    while fx.admit_run_keys or fx.admit_step_keys:
+        if fx.admit_run_keys:
+            key = min(fx.admit_run_keys)
+            fx.admit_run_keys.discard(key)
+            fx.admitted += admit_runs(key, fx)
+        else:
+            key = min(fx.admit_step_keys)
+            fx.admit_step_keys.discard(key)
+            fx.admitted += flow.admit_steps(key, fx)
+
+
+def admit_runs(key: str, fx: Effects) -> int:
+    """Start the next queued runs of ``key`` while it has free slots (priority, then creation
+    order), in the caller's transaction, under the admission lock (``admit_pending``); their
+    first steps are published after commit."""
+    if not key:
+        return 0
+    limit = flow.run_limit(key)
+    free = limit - flow.run_holders(key)
+    admitted = 0
+    if free <= 0:
+        return 0
+    for run_id in flow.queued_runs(key, free):
+        if admitted >= free:
+            break
+        if not flow.lock_queued_run(run_id):
+            continue  # busy (being cancelled): the next release or the sweep decides
+        started = now()
+        if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(status=RunStatus.RUNNING,
+                                                                         started_at=started) != 1:
+            continue
+        run = Run.objects.select_related("workflow").get(pk=run_id)
+        if fx.queued_here.pop(run.pk, None) is not None:  # started by this transaction: a slot was free
+            fx.event(run.pk, "run_started", actor=run.created_by,
+                     data={"workflow": run.workflow_name, "version": run.workflow.version,
+                           **({"parent_run": str(run.parent_run_id)} if run.parent_run_id else {})})
+        else:
+            waited = (started - run.created_at).total_seconds()
+            fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
+                     data={"workflow": run.workflow_name, "version": run.workflow.version, "admitted": True,
+                           "concurrency_key": key, "limit": limit, "waited_seconds": round(waited, 3)})
+        fx.status_changes.append((run.pk, RunStatus.RUNNING))
+        wf = workflow_spec(run)
+        activate(run, wf, wf.steps[0], fx)
+        admitted += 1
+    return admitted
 
 
 def start_inline(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution, fx: Effects) -> None:
@@ -373,6 +475,8 @@ def cancel_open_steps(run: Run, fx: Effects, *, parent: StepExecution | None = N
     rows = list(qs.values_list("id", "key", "status", "type", "state"))
     if not rows:
         return 0
+    released = set(qs.filter(status__in=STEP_HOLDING).exclude(concurrency_key="")
+                   .values_list("concurrency_key", flat=True))
     t = now()
     for step_id, _key, status, type_name, state in rows:
         step_type = step_types.get(type_name)
@@ -388,6 +492,7 @@ def cancel_open_steps(run: Run, fx: Effects, *, parent: StepExecution | None = N
         )
     for _, key, status, _, _ in rows:
         fx.event(run.pk, "step_cancelled", key, message=reason, data={"previous_status": status})
+    release_step_slots(released, fx)
     return len(rows)
 
 
@@ -458,4 +563,9 @@ def finish_run(run: Run, wf: WorkflowSpec | None, fx: Effects, status: str, *, o
              data={"error": error} if error else {})
     fx.status_changes.append((run.pk, status))
     if run.parent_step_id is not None:
-        fanout.notify_parent(run, fx)
+        fanout.notify_parent(run, fx)  # the parent's run lock before the admission lock (lock order)
+    if run.concurrency_key:
+        fx.admit_run_keys.add(run.concurrency_key)  # its slot is free: the next queued run starts at flush
+
+
+on_flush_admit(admit_pending)

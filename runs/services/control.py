@@ -67,6 +67,9 @@ def resume_run(run_id: Any, *, actor: str = "") -> Run:
         run.status = RunStatus.RUNNING
         fx.status_changes.append((run.pk, RunStatus.RUNNING))
         _redispatch_ready(run, fx)
+        # Its queued steps were passed over while it was paused: their keys admit at flush.
+        fx.admit_step_keys.update(StepExecution.objects.filter(run_id=run.pk, status=StepStatus.QUEUED)
+                                  .values_list("concurrency_key", flat=True))
         t.refresh_run_status(run, fx)
 
     return control(run_id, "resume", actor, do)

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from runs.definitions import spec_for
 from runs.engine import hotpath, starting
 from runs.engine.effects import Effects
+from runs.engine.flow import priority_problem
 from runs.errors import NotFound, StartError
 from runs.models import Run, Workflow, Workspace
 
@@ -26,13 +27,14 @@ def resolve_workflow(name: str, *, workspace: Workspace | int | None = None, ver
 
 def start_run(name: str, run_input: Any = None, *, workspace: Workspace | int | None = None,
               version: int | None = None, idempotency_key: str | None = None, actor: str = "",
-              budget: dict[str, Any] | None = None) -> StartResult:
+              budget: dict[str, Any] | None = None, priority: int | None = None) -> StartResult:
     """Start a run of the latest (or given) version of ``name``.
 
     Callable inside the caller's own transaction: the run exists exactly when that
     transaction commits, and its first step is published only then. The same
     idempotency key (per workspace and workflow) returns the same run, also when two
-    starts race: the database's unique constraint decides.
+    starts race: the database's unique constraint decides. ``priority`` (-100..100)
+    overrides the definition's: higher first wherever work waits (runs.engine.flow).
     """
     try:
         workflow = starting.resolve_workflow(name, workspace=workspace, version=version)
@@ -40,14 +42,16 @@ def start_run(name: str, run_input: Any = None, *, workspace: Workspace | int | 
         raise StartError(str(exc), [("workflow", str(exc))]) from None
     run_input = run_input if run_input is not None else {}
     if idempotency_key is None and hotpath.available():
-        run = starting.start_in_one_statement(workflow, run_input, actor=actor, budget=budget)
+        run = starting.start_in_one_statement(workflow, run_input, actor=actor, budget=budget, priority=priority)
         if run is not None:
             return StartResult(run, True)
     with transaction.atomic():
         fx = Effects()
         run, created = starting.create_run(workflow, run_input, fx, idempotency_key=idempotency_key, actor=actor,
-                                           budget=budget)
+                                           budget=budget, priority=priority)
         fx.flush()
+        if run.concurrency_key and created:  # the flush admitted it, or it waits queued
+            run.refresh_from_db(fields=["status", "started_at"])
     return StartResult(run, created)
 
 
@@ -96,7 +100,8 @@ def check_batch(workflow: Workflow, items: Any, *, budget: dict[str, Any] | None
 
 
 def start_runs(name: str, items: Any, *, workspace: Workspace | int | None = None, version: int | None = None,
-               actor: str = "", budget: dict[str, Any] | None = None) -> list[StartResult]:
+               actor: str = "", budget: dict[str, Any] | None = None,
+               priority: int | None = None) -> list[StartResult]:
     """Start many runs of one workflow in one transaction, set-based (a few INSERTs for all).
 
     Every item is checked first (input schema, idempotency key, budget): one bad item is a
@@ -109,10 +114,12 @@ def start_runs(name: str, items: Any, *, workspace: Workspace | int | None = Non
         workflow = starting.resolve_workflow(name, workspace=workspace, version=version)
     except NotFound as exc:
         raise StartError(str(exc), [("workflow", str(exc))]) from None
+    if priority is not None and (problem := priority_problem(priority)):
+        raise StartError(f"cannot start a batch of {workflow}: bad priority", [("priority", problem)])
     checked = check_batch(workflow, items, budget=budget)
     for attempt in (1, 2):
         try:
-            return _start_checked(workflow, checked, actor)
+            return _start_checked(workflow, checked, actor, priority)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -121,7 +128,7 @@ def start_runs(name: str, items: Any, *, workspace: Workspace | int | None = Non
 
 
 def _start_checked(workflow: Workflow, checked: list[tuple[Any, Any, Any, str | None]],
-                   actor: str) -> list[StartResult]:
+                   actor: str, priority: int | None = None) -> list[StartResult]:
     with transaction.atomic():
         keys = {key for *_, key in checked if key}
         by_key: dict[str, Run] = {}
@@ -141,7 +148,7 @@ def _start_checked(workflow: Workflow, checked: list[tuple[Any, Any, Any, str | 
             fresh.append(item)
             plan.append(None)
         fx = Effects()
-        made = starting.create_runs(workflow, fresh, fx, actor=actor) if fresh else []
+        made = starting.create_runs(workflow, fresh, fx, actor=actor, priority=priority) if fresh else []
         fx.flush()
     new = iter(made)
     results: list[StartResult] = []

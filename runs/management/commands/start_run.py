@@ -30,6 +30,8 @@ class Command(BaseCommand):
         group.add_argument("--input-file", help="file holding the run input as JSON")
         parser.add_argument("--workflow-version", type=int, help="a specific version (default: latest)")
         parser.add_argument("--idempotency-key", help="the same key returns the same run")
+        parser.add_argument("--priority", type=int, default=None,
+                            help="-100..100, higher first wherever work waits (default: the workflow's, else 0)")
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish or park")
         parser.add_argument("--follow", action="store_true",
                             help="with --wait: print the run's history on stderr and its LLM steps' streamed "
@@ -56,7 +58,8 @@ class Command(BaseCommand):
             raise CommandError("--timeout must be a positive number of seconds")
         try:
             result = start_run(options["name"], run_input, version=options["workflow_version"],
-                               idempotency_key=options["idempotency_key"], actor="cli")
+                               idempotency_key=options["idempotency_key"], actor="cli",
+                               priority=options["priority"])
         except StartError as exc:
             raise CommandError(start_error_text(exc, options["name"])) from None
         run = result.run

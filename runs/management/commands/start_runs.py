@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from runs.definitions import PRIORITY_MAX, PRIORITY_MIN
 from runs.services import MAX_BATCH, BatchItem, StartError, check_batch, resolve_workflow, start_runs
 from runs.services import NotFound as WorkflowNotFound
 
@@ -36,12 +37,17 @@ class Command(BaseCommand):
                                  "of the file then starts nothing twice)")
         parser.add_argument("--batch-size", type=int, default=1000,
                             help=f"runs per transaction (1 to {MAX_BATCH}, default 1000)")
+        parser.add_argument("--priority", type=int, default=None,
+                            help="-100..100, higher first wherever work waits (default: the workflow's, else 0)")
         parser.add_argument("--print-ids", action="store_true", help="print each run's id on stdout, in file order")
 
     def handle(self, *args: Any, **options: Any) -> None:
         size = options["batch_size"]
         if not 1 <= size <= MAX_BATCH:
             raise CommandError(f"--batch-size must be from 1 to {MAX_BATCH}")
+        priority = options["priority"]
+        if priority is not None and not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise CommandError(f"--priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}")
         lines = self._read(options["file"])
         items: list[BatchItem] = []
         line_of: list[int] = []
@@ -82,7 +88,7 @@ class Command(BaseCommand):
         for start in range(0, len(items), size):
             try:
                 results = start_runs(workflow.name, items[start:start + size], workspace=workflow.workspace_id,
-                                     version=workflow.version, actor="cli")
+                                     version=workflow.version, actor="cli", priority=options["priority"])
             except StartError as exc:  # checked above; only a race (a deleted workflow) gets here
                 raise CommandError(f"{_by_line(exc, line_of, start)}\n{created} runs were started before "
                                    f"this batch") from None
