@@ -75,9 +75,11 @@ class RunStatus(models.TextChoices):
         running -> paused -> running
         running|waiting|paused -> completed | failed | cancelled
         failed -> running          (retry from the failed step)
+        failed -> queued           (retry while its concurrency key is full)
 
     ``queued`` is a run of a workflow with ``concurrency`` whose key had no free slot when
-    it started: no step exists yet, nothing holds a worker (runs.engine.flow).
+    it started (no step exists yet), was retried (its failed step is reopened when it is
+    admitted) or forked (only its kept steps exist): nothing holds a worker (runs.engine.flow).
     """
 
     QUEUED = "queued"

@@ -16,6 +16,7 @@ class StepStatus(models.TextChoices):
         failed  -> ready            (run retried from this step)
 
         queued  -> ready            (admitted: a concurrency slot of its key is free)
+        failed|cancelled|waiting -> queued   (put back to ready while its key is full)
 
     ``pending`` is a map item held back by ``max_concurrency``; ``queued`` a work step
     with ``concurrency`` whose key had no free slot (no message, no worker: it is made

@@ -12,6 +12,10 @@ and holds no worker. The database decides, under one lock:
   waiters while it has free slots, in order: priority (higher first), then creation
   order. A new run or step with a free slot and nobody ahead is so admitted at once, in
   the transaction that created it;
+- what comes back asks again: a retried run and a fork are inserted/moved ``queued`` like
+  a new run (``transitions.admit_runs`` then reopens the retried run's failed step, or
+  starts the fork's ``from_step``), and a work step put back to ready from ``failed``,
+  ``cancelled`` or ``waiting`` goes ``queued`` (``transitions.back_to_ready``);
 - the reconciler's ``admit_waiting`` sweep re-derives the same admissions from the rows,
   so a crash between a commit and its admission's doorbell, or a path that frees a slot
   without admitting, costs one sweep interval, nothing more.

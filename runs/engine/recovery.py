@@ -58,6 +58,10 @@ def on_child_retry(fn: Callable[[Any, str], Any]) -> None:
     _child_retry[:] = [fn]
 
 
+def child_retriers() -> list[Callable[[Any, str], Any]]:
+    return list(_child_retry)
+
+
 @contextmanager
 def _single_sweeper() -> Iterator[bool]:
     if connection.vendor != "postgresql":

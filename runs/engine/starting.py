@@ -102,7 +102,7 @@ def start_in_one_statement(workflow: Workflow, run_input: Any, *, actor: str,
     return run
 
 
-def _run_key(workflow: Workflow, wf: WorkflowSpec, run_input: Any) -> str:
+def run_key(workflow: Workflow, wf: WorkflowSpec, run_input: Any) -> str:
     """The run's concurrency key ("" without ``concurrency``); a key that does not render
     refuses the start, naming ``concurrency.key``."""
     if wf.concurrency is None:
@@ -129,7 +129,7 @@ def create_run(workflow: Workflow, run_input: Any, fx: Effects, *, idempotency_k
     if priority is None:
         # A child run inherits its parent's priority unless its definition sets one.
         priority = wf.priority if wf.priority or parent_step is None else parent_step.priority
-    concurrency_key = _run_key(workflow, wf, run_input)
+    concurrency_key = run_key(workflow, wf, run_input)
     if idempotency_key:
         existing = Run.objects.filter(workspace_id=workflow.workspace_id, workflow_name=workflow.name,
                                       idempotency_key=idempotency_key).first()

@@ -28,7 +28,7 @@ from steps import types as step_types
 from steps.models import STEP_HOLDING, STEP_OPEN, StepExecution, StepStatus
 from steps.templating import TemplateProblem, evaluate, render_value
 
-from . import fanout, flow, hotpath
+from . import fanout, flow, hotpath, reopening
 from .dispatch import can_publish
 from .effects import Effects, on_flush_admit
 from .revisits import revisitable
@@ -280,7 +280,11 @@ def admit_pending(fx: Effects) -> None:
 def admit_runs(key: str, fx: Effects) -> int:
     """Start the next queued runs of ``key`` while it has free slots (priority, then creation
     order), in the caller's transaction, under the admission lock (``admit_pending``); their
-    first steps are published after commit."""
+    first steps are published after commit.
+
+    A queued run is one of three: a new run (its first step starts), a fork
+    (``forked_from_step`` starts; the kept steps are there already) or a retried run (its
+    ``error`` still names the failed step, which ``reopening`` reopens now)."""
     if not key:
         return 0
     limit = flow.run_limit(key)
@@ -293,25 +297,80 @@ def admit_runs(key: str, fx: Effects) -> int:
             break
         if not flow.lock_queued_run(run_id):
             continue  # busy (being cancelled): the next release or the sweep decides
-        started = now()
-        if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(status=RunStatus.RUNNING,
-                                                                         started_at=started) != 1:
-            continue
         run = Run.objects.select_related("workflow").get(pk=run_id)
-        if fx.queued_here.pop(run.pk, None) is not None:  # started by this transaction: a slot was free
-            fx.event(run.pk, "run_started", actor=run.created_by,
-                     data={"workflow": run.workflow_name, "version": run.workflow.version,
-                           **({"parent_run": str(run.parent_run_id)} if run.parent_run_id else {})})
+        started = now()
+        retry_from = (run.error or {}).get("step") if run.error else None
+        fields: dict[str, Any] = {"status": RunStatus.RUNNING}
+        if retry_from:
+            fields["error"] = None  # it started before: it keeps its started_at
         else:
-            waited = (started - run.created_at).total_seconds()
-            fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
-                     data={"workflow": run.workflow_name, "version": run.workflow.version, "admitted": True,
-                           "concurrency_key": key, "limit": limit, "waited_seconds": round(waited, 3)})
+            fields["started_at"] = started
+        if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(**fields) != 1:
+            continue
+        run.status, run.error = RunStatus.RUNNING, None
+        if not retry_from:
+            run.started_at = started
+        _admitted_event(run, key, limit, started, retried=bool(retry_from), fx=fx)
         fx.status_changes.append((run.pk, RunStatus.RUNNING))
         wf = workflow_spec(run)
-        activate(run, wf, wf.steps[0], fx)
+        if retry_from:
+            reopening.reopen_failed_run(run, wf, retry_from, fx)
+        elif run.forked_from_id and run.forked_from_step:
+            activate(run, wf, wf.by_name[run.forked_from_step], fx)
+        else:
+            activate(run, wf, wf.steps[0], fx)
         admitted += 1
     return admitted
+
+
+def _admitted_event(run: Run, key: str, limit: int, started: Any, *, retried: bool, fx: Effects) -> None:
+    at_once = fx.queued_here.pop(run.pk, None) is not None  # queued by this transaction: a slot was free
+    if retried:
+        if not at_once:  # (at once: the retry's control_retry row says it all)
+            fx.event(run.pk, "run_running", message="retry admitted: a concurrency slot is free",
+                     data={"admitted": True, "concurrency_key": key, "limit": limit})
+        return
+    data: dict[str, Any] = {"workflow": run.workflow_name, "version": run.workflow.version}
+    if run.parent_run_id:
+        data["parent_run"] = str(run.parent_run_id)
+    if run.forked_from_id:
+        data.update(forked_from=str(run.forked_from_id), from_step=run.forked_from_step)
+    if at_once:
+        fx.event(run.pk, "run_started", actor=run.created_by, data=data)
+    else:
+        waited = (started - run.created_at).total_seconds()
+        fx.event(run.pk, "run_started", message="admitted: a concurrency slot is free",
+                 data={**data, "admitted": True, "concurrency_key": key, "limit": limit,
+                       "waited_seconds": round(waited, 3)})
+
+
+def back_to_ready(run: Run, row: StepExecution, fx: Effects, from_statuses: tuple[str, ...],
+                  **fields: Any) -> str | None:
+    """Put an existing work step back to ``ready`` (guarded on ``from_statuses``, with
+    ``fields``) and ring its doorbell after commit — or, when it has a concurrency key,
+    to ``queued``: the transaction's flush admits it if its key has a free slot and nobody
+    waits ahead (``admit_pending``), like a new step. A paused run's step is not rung
+    (resume does it). The new status, or None if the row was no longer in ``from_statuses``."""
+    t = now()
+    if row.concurrency_key:
+        if StepExecution.objects.filter(pk=row.pk, status__in=from_statuses).update(
+                status=StepStatus.QUEUED, ready_at=t, dispatched_at=None, **fields) != 1:
+            return None
+        fx.queued_here[row.pk] = RunEvent(run_id=run.pk, kind="step_queued", step_key=row.key,
+                                          message="waiting for a concurrency slot",
+                                          data={"type": row.type, "concurrency_key": row.concurrency_key})
+        fx.admit_step_keys.add(row.concurrency_key)
+        return StepStatus.QUEUED
+    ring = run.status != RunStatus.PAUSED
+    if StepExecution.objects.filter(pk=row.pk, status__in=from_statuses).update(
+            status=StepStatus.READY, ready_at=t, dispatched_at=t if ring and can_publish() else None,
+            **fields) != 1:
+        return None
+    if ring:
+        fx.dispatch.append(row.pk)
+        if row.priority:
+            fx.priorities[row.pk] = row.priority
+    return StepStatus.READY
 
 
 def start_inline(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution, fx: Effects) -> None:

@@ -48,7 +48,6 @@ from steps.handlers import registry as handler_registry
 from steps.models import StepExecution, StepStatus
 
 from . import transitions as t
-from .dispatch import can_publish
 from .effects import Effects
 from .recovery import recover_expired_leases
 
@@ -356,18 +355,14 @@ def release_handler_waits() -> int:
             run: Run = t.lock_run(run_id)
             if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
                 continue  # paused (resume releases it later) or ended
-            now = t.now()
-            publish = can_publish()
             rest = {k: v for k, v in state.items() if k != NEEDS_HANDLER}
-            if StepExecution.objects.filter(pk=pk, status=StepStatus.WAITING).update(
-                    status=StepStatus.READY, state=rest, ready_at=now, dispatched_at=now if publish else None) != 1:
-                continue
             fx = Effects()
-            row = StepExecution.objects.only("key").get(pk=pk)
+            row = StepExecution.objects.only("key", "type", "concurrency_key", "priority").get(pk=pk)
+            # Back to ready, or queued when it has a concurrency key (parking freed its slot).
+            if t.back_to_ready(run, row, fx, (StepStatus.WAITING,), state=rest) is None:
+                continue
             fx.event(run.pk, "step_ready", row.key, message=f"a live worker has handler {name!r}",
                      data={"handler": name})
-            if publish:
-                fx.dispatch.append(pk)
             t.refresh_run_status(run, fx)
             fx.flush()
             released += 1

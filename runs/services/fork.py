@@ -7,10 +7,11 @@ from typing import Any
 from django.db import transaction
 
 from runs.definitions import input_errors
+from runs.engine import starting
 from runs.engine import transitions as t
 from runs.engine.effects import Effects
 from runs.errors import StartError
-from runs.models import RUN_TERMINAL, IllegalTransition, Run, RunStatus
+from runs.models import RUN_TERMINAL, IllegalTransition, Run, RunEvent, RunStatus
 from steps.models import StepExecution, StepStatus
 
 from .control import get_run
@@ -31,6 +32,11 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
     ``replay="recorded"``: in the steps that run again, model turns and tool calls whose request
     matches the source run's record are answered from that record (no cost, no side effect);
     the first that differs goes live, and everything after it (docs/llm.md, "What-if replays").
+
+    A workflow with ``concurrency`` admits a fork like a new run: it is ``queued`` (the kept
+    steps copied, ``from_step`` not started) while its key has no free slot, and
+    ``transitions.admit_runs`` starts ``from_step`` when it is admitted — at once, in this
+    transaction, if a slot is free and nobody waits ahead.
     """
     source = get_run(run_id)
     if source.status not in (*RUN_TERMINAL, RunStatus.PAUSED):
@@ -59,21 +65,25 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
     assert first is not None
     copied = list(StepExecution.objects.filter(
         run_id=source.pk, id__lt=first.pk, status__in=(StepStatus.COMPLETED, StepStatus.SKIPPED)).order_by("id"))
+    concurrency_key = starting.run_key(source.workflow, wf, new_input)  # StartError if it does not render
+    queued = bool(concurrency_key)
     now = t.now()
     with transaction.atomic():
         fx = Effects()
         run = Run.objects.create(
             workspace_id=source.workspace_id, workflow=source.workflow, workflow_name=source.workflow_name,
-            status=RunStatus.RUNNING, input=new_input, created_by=actor, started_at=now,
-            max_cost_usd=source.max_cost_usd, max_tokens=source.max_tokens,
+            status=RunStatus.QUEUED if queued else RunStatus.RUNNING, input=new_input, created_by=actor,
+            started_at=None if queued else now, max_cost_usd=source.max_cost_usd, max_tokens=source.max_tokens,
             forked_from=source, forked_from_step=from_step, replay="" if replay == "none" else replay,
+            priority=source.priority, concurrency_key=concurrency_key,
         )
         run.workflow = source.workflow
         fx.event(source.pk, "fork_created", actor=actor, message=f"forked as run {run.pk} from step {from_step!r}",
                  data={"fork": str(run.pk), "from_step": from_step})
-        fx.event(run.pk, "run_started", actor=actor,
-                 data={"workflow": source.workflow_name, "version": source.workflow.version,
-                       "forked_from": str(source.pk), "from_step": from_step})
+        if not queued:
+            fx.event(run.pk, "run_started", actor=actor,
+                     data={"workflow": source.workflow_name, "version": source.workflow.version,
+                           "forked_from": str(source.pk), "from_step": from_step})
         fx.event(run.pk, "run_forked", actor=actor,
                  message=f"forked from run {source.pk} at step {from_step!r}; {len(copied)} step(s) kept",
                  data={"source_run": str(source.pk), "from_step": from_step, "replay": replay,
@@ -94,7 +104,19 @@ def fork_run(run_id: Any, *, from_step: str, run_input: Any = None, actor: str =
             # Tokens and cost stay with the source run: the fork did not pay for them again.
             fx.event(run.pk, "step_copied", row.key, actor=actor,
                      data={"source_run": str(source.pk), "source_step": row.pk, "status": row.status})
-        fx.status_changes.append((run.pk, RunStatus.RUNNING))
-        t.activate(run, wf, wf.by_name[from_step], fx)
+        if queued:
+            assert wf.concurrency is not None
+            # transitions.admit_runs starts ``from_step`` when the key has a slot (at this flush if free).
+            fx.queued_here[run.pk] = RunEvent(
+                run_id=run.pk, kind="run_queued", actor=actor, message="waiting for a concurrency slot",
+                data={"workflow": source.workflow_name, "version": source.workflow.version,
+                      "concurrency_key": concurrency_key, "limit": wf.concurrency.limit,
+                      "forked_from": str(source.pk), "from_step": from_step})
+            fx.admit_run_keys.add(concurrency_key)
+        else:
+            fx.status_changes.append((run.pk, RunStatus.RUNNING))
+            t.activate(run, wf, wf.by_name[from_step], fx)
         fx.flush()
+    if queued:
+        run.refresh_from_db()
     return run

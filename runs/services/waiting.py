@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.db import transaction
 
 from runs.engine import transitions as t
-from runs.engine.dispatch import can_publish
 from runs.engine.effects import Effects
 from runs.errors import NotFound
 from runs.models import RunStatus
@@ -65,15 +64,10 @@ def requeue_waiting_step(step_id: int, *, actor: str = "", reason: str = "", exp
             return False
         own_fx = fx is None
         effects = fx or Effects()
-        now = t.now()
-        publish = can_publish()
-        if StepExecution.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(
-                status=StepStatus.READY, wake_at=None, not_before=None, ready_at=now,
-                dispatched_at=now if publish and run.status != RunStatus.PAUSED else None) != 1:
+        # Back to ready, or queued when the step has a concurrency key (parking freed its slot).
+        if t.back_to_ready(run, row, effects, (StepStatus.WAITING,), wake_at=None, not_before=None) is None:
             return False
         effects.event(run.pk, "step_resumed", row.key, actor=actor, message=reason, data={"requeued": True})
-        if run.status != RunStatus.PAUSED:
-            effects.dispatch.append(row.pk)
         t.refresh_run_status(run, effects)
         if own_fx:
             effects.flush()
