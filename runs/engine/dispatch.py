@@ -74,8 +74,9 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
     sent first and with ``broker_priority``)."""
     if not step_ids and not countdowns:
         return
-    if priorities and not urgent:
-        step_ids = sorted(step_ids, key=lambda step_id: -priorities.get(step_id, 0))
+    run_priority = priorities or {}
+    if run_priority and not urgent:
+        step_ids = sorted(step_ids, key=lambda step_id: -run_priority.get(step_id, 0))
     fault_point("before_publish")
     if not can_publish():
         return
@@ -84,7 +85,7 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
             for step_id in step_ids:
                 _send(RUN_STEP, step_id, priority=URGENT)
         elif len(step_ids) == 1:
-            _send(RUN_STEP, step_ids[0], priority=broker_priority((priorities or {}).get(step_ids[0], 0)))
+            _send(RUN_STEP, step_ids[0], priority=broker_priority(run_priority.get(step_ids[0], 0)))
         elif step_ids:
             # Many doorbells (a fan-out, a batch start, a bulk decision): one message each, sent
             # through one Redis pipeline where kombu offers publish batches (one round trip per
@@ -94,7 +95,7 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
                 with batch() if batch is not None else contextlib.nullcontext():
                     for step_id in step_ids:
                         current_app.send_task(RUN_STEP, (step_id,), producer=producer,
-                                              priority=broker_priority((priorities or {}).get(step_id, 0)))
+                                              priority=broker_priority(run_priority.get(step_id, 0)))
         for step_id, delay in countdowns or []:
             if settings.IS_EMBEDDED_BROKER:
                 # The embedded worker runs countdown messages on Celery's timer thread; publish

@@ -177,7 +177,7 @@ def redispatch_ready() -> int:
     # At the run's own priority, not urgent: a replacement takes the place the lost doorbell
     # had (after a broker restart, every doorbell was lost alike), and a copy of one merely
     # behind a long backlog must not jump it. Only steps recovered from dead workers go ahead.
-    dispatch_steps(due, priorities={step_id: priorities[step_id] for step_id in due if step_id in priorities})
+    dispatch_steps(due, priorities=priorities)
     return len(due)
 
 
