@@ -15,6 +15,9 @@ import pytest
 
 from tests.support.tree import fetch, free_port, make_writable, read_only_copy, stop, wait_for_http
 
+# The same in every backend: runs in the embedded pass only (bin/test).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture
 def fresh_tree(tmp_path: Path) -> Iterator[Path]:

@@ -16,6 +16,9 @@ from steps.builtin import http_request
 from steps.handlers import PermanentError, RetryableError, StepContext, registry
 from tests.support.workers import ROOT, subprocess_env
 
+# The same in every backend: runs in the embedded pass only (bin/test).
+pytestmark = pytest.mark.backend_independent
+
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# The same in every backend: runs in the embedded pass only (bin/test).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 # Only settings are read: nothing connects to this database or broker.
 SERVERS = {"DATABASE_URL": "postgres://nobody@127.0.0.1:5432/not_used", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/4"}

@@ -17,6 +17,9 @@ import pytest
 from steps import template_limits as limits
 from steps.templating import TemplateProblem, evaluate, render_value
 
+# The same in every backend: runs in the embedded pass only (bin/test).
+pytestmark = pytest.mark.backend_independent
+
 CONTEXT: dict[str, Any] = {"input": {"items": [1, 2, 3], "name": "ada"}, "steps": {}, "run": {"id": "r"}}
 # Far below what any payload here asks for (286-858 MiB before these limits), comfortably
 # above the few MiB a refused operation may hold (at most a small multiple of MAX_STRING).
