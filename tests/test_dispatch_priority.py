@@ -41,3 +41,22 @@ def test_an_urgent_doorbell_is_served_before_the_backlog(fresh_engine: Any, work
     order = [line.split()[0] for line in read_ledger(ledger)]
     assert len(order) == 8
     assert str(late.pk) in order[:2], f"the urgent step ran {order.index(str(late.pk)) + 1}th of 8"
+
+
+def test_a_delayed_doorbell_keeps_its_runs_priority(fresh_engine: Any, workflow: Any, ledger: Path) -> None:
+    # A retry's backoff and a step handed back until a provider's window opens ring with a
+    # countdown: the message waits in the queue like any other, so it must carry its run's
+    # priority too, or a high-priority run's retry waits behind the whole backlog.
+    workflow({"name": "prio-later", "steps": [
+        {"name": "only", "type": "task", "handler": "test.ledger", "config": {"ledger": "{{ input.ledger }}"}}]})
+    runs = [start_run("prio-later", {"ledger": str(ledger)}).run for _ in range(9)]
+    late = StepExecution.objects.get(run=runs[-1])
+    dispatch_steps([], [(late.pk, 0.2)], priorities={late.pk: 100})
+
+    fresh_engine()
+    for run in runs:
+        assert wait_for_run(run.pk).status == "completed"
+    order = [line.split()[0] for line in read_ledger(ledger)]
+    assert len(order) == 9
+    place = order.index(str(runs[-1].pk)) + 1
+    assert place <= 2, f"the delayed high-priority step ran {place}th of 9"

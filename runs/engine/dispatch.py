@@ -70,8 +70,9 @@ def _send(name: str, step_id: int, countdown: float | None = None, priority: int
 
 def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | None = None, *,
                    urgent: bool = False, priorities: dict[int, int] | None = None) -> None:
-    """Ring the doorbells of ``step_ids`` (``priorities``: their runs' priority, where not 0:
-    sent first and with ``broker_priority``)."""
+    """Ring the doorbells of ``step_ids`` now and of ``countdowns`` (step id, seconds) later
+    (``priorities``: their runs' priority, where not 0: rung now first, and every doorbell
+    with ``broker_priority``)."""
     if not step_ids and not countdowns:
         return
     run_priority = priorities or {}
@@ -97,14 +98,15 @@ def dispatch_steps(step_ids: list[int], countdowns: list[tuple[int, float]] | No
                         current_app.send_task(RUN_STEP, (step_id,), producer=producer,
                                               priority=broker_priority(run_priority.get(step_id, 0)))
         for step_id, delay in countdowns or []:
+            priority = broker_priority(run_priority.get(step_id, 0))
             if settings.IS_EMBEDDED_BROKER:
                 # The embedded worker runs countdown messages on Celery's timer thread; publish
                 # when due instead, so the step runs on the worker like any other.
-                timer = threading.Timer(max(0.0, delay), _publish_later, args=(step_id,))
+                timer = threading.Timer(max(0.0, delay), _publish_later, args=(step_id, priority))
                 timer.daemon = True
                 timer.start()
             else:
-                _send(RUN_STEP, step_id, countdown=max(0.0, delay))
+                _send(RUN_STEP, step_id, countdown=max(0.0, delay), priority=priority)
     except Exception:  # broker down: the reconciler re-publishes from the rows
         logger.exception("publishing steps %s failed; the reconciler will retry", step_ids)
         _not_rung([*step_ids, *(step_id for step_id, _ in countdowns or [])])
@@ -119,9 +121,9 @@ def _not_rung(step_ids: list[int]) -> None:
         logger.exception("could not mark steps %s as not rung", step_ids)
 
 
-def _publish_later(step_id: int) -> None:
+def _publish_later(step_id: int, priority: int) -> None:
     try:
-        _send(RUN_STEP, step_id)
+        _send(RUN_STEP, step_id, priority=priority)
     except Exception:
         logger.exception("publishing step %s failed; the reconciler will retry", step_id)
 

@@ -164,10 +164,11 @@ def hand_back(row: StepExecution, why: str, *, delay: float = 0.0) -> None:
             status=StepStatus.READY, lease_owner="", lease_until=None, attempt=F("attempt") - 1,
             ready_at=now, not_before=not_before, dispatched_at=(not_before or now) if publish else None) == 1:
         logger.info("step %s handed back: %s", row.key, why)
+        priorities = {row.pk: row.priority} if row.priority else None
         if delay:
-            dispatch_steps([], [(row.pk, delay)])
+            dispatch_steps([], [(row.pk, delay)], priorities=priorities)
         else:
-            dispatch_steps([row.pk])
+            dispatch_steps([row.pk], priorities=priorities)
 
 
 def _without_handler(row: StepExecution, name: str, owner: str) -> None:
@@ -418,6 +419,8 @@ def commit_failure(row: StepExecution, spec: StepSpec | None, wf: WorkflowSpec, 
                                "error": {k: v for k, v in error.items() if k != "traceback"}})
                 if countdown and run.status != RunStatus.PAUSED:
                     fx.countdowns.append((row.pk, delay))
+                    if row.priority:
+                        fx.priorities[row.pk] = row.priority
         else:
             updated = fence.update(
                 status=StepStatus.FAILED, failures=failures, error=error, input=rendered, finished_at=now,

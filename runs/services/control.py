@@ -81,6 +81,8 @@ def _redispatch_ready(run: Run, fx: Effects) -> None:
     # engine's reconciler rings at its next sweep instead of REDISPATCH_SECONDS later.
     publish = can_publish()
     rows = list(StepExecution.objects.filter(run_id=run.pk, status=StepStatus.READY).values_list("id", "not_before"))
+    if run.priority:
+        fx.priorities.update((pk, run.priority) for pk, _ in rows)
     due = [pk for pk, not_before in rows if not_before is None or not_before <= now]
     if due:
         StepExecution.objects.filter(pk__in=due).update(ready_at=now, dispatched_at=now if publish else None)
