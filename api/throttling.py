@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.conf import settings
-from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -36,7 +36,9 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         try:
             return super().allow_request(request, view)
-        except (RedisError, OSError):
+        except Exception as exc:
+            if not _cache_outage(exc):
+                raise
             # The counters' Redis is down: serve the request (the limit protects us from
             # floods; refusing every call while Redis restarts would be the outage itself).
             logger.warning("rate-limit cache unavailable; letting the request through", exc_info=True)
@@ -51,3 +53,10 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         else:
             ident = f"ip:{self.get_ident(request)}"
         return f"stevora:throttle:{ident}"
+
+
+def _cache_outage(exc: Exception) -> bool:
+    """Is ``exc`` the counters' cache being unreachable? (redis-py is looked up, not imported:
+    when the cache is Redis it is loaded already, and the embedded default never loads it.)"""
+    redis = sys.modules.get("redis")
+    return isinstance(exc, OSError) or (redis is not None and isinstance(exc, redis.exceptions.RedisError))

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
@@ -189,6 +188,8 @@ def _broker_restarted() -> bool:
     Other brokers: never said (RabbitMQ keeps durable queues across restarts)."""
     if settings.BROKER_SCHEME not in ("redis", "rediss"):
         return False
+    import redis  # here, not at the top: importing redis-py costs ~0.3 s, and embedded never needs it
+
     try:
         if _broker_seen["client"] is None:
             _broker_seen["client"] = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2,
