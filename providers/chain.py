@@ -41,7 +41,7 @@ from steps.models import StepExecution
 
 from . import breaker, fake, limits
 from .models import BreakerState, LLMCall, LLMCallStatus, Provider, ProviderHealth, ProviderKind
-from .registry import Route, StaleProvider, api_key, fresh
+from .registry import Route, StaleProvider, api_key, confirmed, fresh, recently_checked
 from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, SSEParser, classify_status, client_for
 
 logger = logging.getLogger("stevora.providers")
@@ -318,6 +318,7 @@ def _start_record(scope: Scope, provider: Provider, model: str, round_number: in
         row = cursor.fetchone()
     if row is None:
         raise StaleProvider(provider)
+    confirmed(provider)
     return int(row[0])
 
 
@@ -663,12 +664,14 @@ def _ask(route: Route, index: int, provider: Provider, checked: bool,
          reasons: list[dict[str, Any]], held: list[RateLimited]) -> Answer | None:
     """One provider of the chain: its answer, or None with the reason it did not answer in
     ``reasons`` (or its rate limit's hold in ``held``). Raises ``_Stale`` when this process's
-    copy of the row turned out to be out of date (``checked``: the copy was just read)."""
+    copy of the row turned out to be out of date (``checked``: the copy was just read).
+    A provider is skipped only on a copy read or confirmed within ``RECHECK_SECONDS``."""
     model = route.model_for(index)
     key = api_key(provider)
     no_key = bool(provider.api_key_env and not key)
+    checked = checked or recently_checked(provider)
     if (not provider.enabled or no_key) and not checked:
-        raise _Stale(None)  # a provider is skipped for its configuration only as the row is now
+        raise _Stale(None)
     if not provider.enabled:
         reasons.append({"provider": provider.name, "outcome": "skipped", "reason": "disabled"})
         return None
@@ -680,6 +683,8 @@ def _ask(route: Route, index: int, provider: Provider, checked: bool,
         scope.secrets.append(key)
     admission, why, dirty = admitted or breaker.admit(provider)
     if admission is breaker.Admission.SKIP:
+        if not checked:
+            raise _Stale(None)  # the circuit of this very row (not of one deleted since) is open
         reasons.append({"provider": provider.name, "outcome": "skipped", "reason": why})
         return None
     probe = admission is breaker.Admission.PROBE
