@@ -11,7 +11,7 @@ them again. The copy is never trusted for long or blindly:
   still has the ``updated_at`` and ``enabled`` of the copy (``providers.chain``; for a
   rate-limited provider ``providers.limits.reserve`` checks first). A copy found stale raises
   ``StaleProvider`` before anything is sent: the chain reads the row again and starts over
-  with it. So an edit saved through the model (admin, API, ``load_providers``) and any
+  with it. So an edit saved through the model (admin, ``load_providers``) and any
   disabling are seen by the next request of every worker;
 * a provider is skipped (disabled, key variable unset, circuit open) only on a copy read or
   confirmed by a request within ``RECHECK_SECONDS`` (else it is read again first: ``fresh``),
