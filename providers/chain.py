@@ -17,6 +17,7 @@ row in the run's history and a ``rate_limited`` entry in the step's ``route``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -288,7 +289,8 @@ _START_COLUMNS = ("step_id", "run_id", "step_attempt", "round", "try_number", "p
                   "output_tokens", "cost_usd", "started_at")
 
 
-def _start_sql() -> str:
+@functools.cache
+def _start_sql(vendor: str) -> str:
     """One statement, one round trip: the *started* row, inserted only if the caller's copy of
     the provider row is current (same ``updated_at``, still enabled) — else nothing is inserted
     and the chain reads the row again (``StaleProvider``). On PostgreSQL the statement is its own
@@ -296,7 +298,7 @@ def _start_sql() -> str:
     this transaction only, by ``set_config(…, true)`` in the statement itself."""
     values = ", ".join(["%s"] * len(_START_COLUMNS))
     evidence_only = (" CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS evidence_only"
-                     if connection.vendor == "postgresql" else "")
+                     if vendor == "postgresql" else "")
     provider = _table(Provider)
     return (f"INSERT INTO {_table(LLMCall)} ({', '.join(_START_COLUMNS)}) SELECT {values} FROM {provider}"
             f"{evidence_only} WHERE {provider}.id = %s AND {provider}.updated_at = %s AND {provider}.enabled "
@@ -314,7 +316,7 @@ def _start_record(scope: Scope, provider: Provider, model: str, round_number: in
               # the guard: the copy of the provider row is current
               provider.pk, ops.adapt_datetimefield_value(provider.updated_at)]
     with connection.cursor() as cursor:
-        cursor.execute(_start_sql(), params)
+        cursor.execute(_start_sql(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
         raise StaleProvider(provider)
@@ -338,6 +340,7 @@ class Completed:
     run_totals: dict[str, Any] | None = None
 
 
+@functools.cache
 def _complete_sql(roll_up: bool, run: bool, step: bool) -> str:
     """PostgreSQL: the answer's row, its roll-ups to the run and the step, and the breaker's reset,
     as one statement — its own transaction, committed durably (the only fsync of a call).
