@@ -7,8 +7,12 @@ HTTP server on 127.0.0.1), this script measures in one process:
     llm step naming it with a fallback. Time from the step's start (its claim) to the
     fallback's answer, next to the same step naming the fallback directly. Ratio.
 (b) overhead per LLM call: our time around one call minus the server's time handling it,
-    for the chain alone (records, budget check, breaker, httpx) and for the whole step
-    (claim, render, call, fenced commit, run completion).
+    for the chain alone (records, roll-ups to a step and its run, breaker, httpx) and for the
+    whole step (claim, render, call, fenced commit, run completion). For the chain alone it
+    also prints the statements of one call (django's CaptureQueriesContext), the calling
+    thread's CPU time, and — on PostgreSQL — the same calls with the session's
+    ``synchronous_commit`` off, i.e. the overhead *excluding* the durable commit's wait for
+    the disk (the difference is that wait: one fsync per call).
 (c) for context: the same step while the primary is still closed (503, retried, then
     fallback) — what the breaker saves.
 
@@ -18,11 +22,13 @@ never a test: the numbers depend on the machine and its load.
 
     .venv/bin/python bench/llm_fallback.py                      # embedded SQLite
     .venv/bin/python bench/llm_fallback.py --database-url postgres://postgres@127.0.0.1:5432/stevora_llm_bench
+    .venv/bin/python bench/llm_fallback.py --chain-only ...     # (b)'s chain numbers only (quicker)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -76,14 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: embedded SQLite)")
     parser.add_argument("-n", type=int, default=200, help="steps per measurement")
+    parser.add_argument("--chain-only", action="store_true", help="measure the chain alone, (b), and stop")
     args = parser.parse_args()
     configure(args.database_url)
 
     from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
     from providers.chain import Scope, complete
     from providers.models import BreakerState, LLMCall, Provider, ProviderHealth
-    from providers.registry import Route
+    from providers.registry import resolve
     from providers.wire import ChatRequest
     from runs.engine.executor import process_step
     from runs.services import load_workflow, start_run
@@ -95,7 +103,7 @@ def main() -> None:
     Provider.objects.all().delete()
     primary = Provider.objects.create(name="primary", model="p", base_url=server.url("primary"),
                                       breaker_threshold=6, breaker_cooldown_seconds=3600, **common)
-    fallback = Provider.objects.create(name="fallback", model="f", base_url=server.url("fallback"), **common)
+    Provider.objects.create(name="fallback", model="f", base_url=server.url("fallback"), **common)
     server.script("primary", default={"status": 503, "message": "unavailable"})
     server.script("fallback", default={"text": "ok", "usage": (20, 5)})
     message = [{"role": "user", "content": "ping"}]
@@ -121,6 +129,67 @@ def main() -> None:
         assert answer.finished_at is not None and step.started_at is not None
         return wall, (answer.finished_at - step.started_at).total_seconds(), server.server_seconds - served
 
+    load_workflow({"name": "bench-parked", "steps": [{"name": "nap", "type": "wait", "seconds": 3600}]})
+    parked = start_run("bench-parked", {}).run
+    parked_step = parked.steps.get()
+    req = ChatRequest(messages=message)
+    durable = connection.vendor == "postgresql"
+    rounds = itertools.count(1)  # one answer per (step, round): each call is the parked step's next round
+
+    direct_route = {"provider": "fallback"}
+    open_route = {"provider": "primary", "fallback": ["fallback"]}
+
+    def chain_call(config: dict[str, Any], scoped: bool = True) -> tuple[float, float, float]:
+        """(wall, server seconds, this thread's CPU seconds) of one call, charged to a parked step:
+        what an llm step of one round does around the HTTP request (resolve its providers, call)."""
+        scope = (Scope(step_id=parked_step.pk, run_id=parked.pk, first_attempt=True, budgeted=False)
+                 if scoped else Scope())
+        served = server.server_seconds
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        complete(resolve(config), req, scope, next(rounds) if scoped else 1)
+        wall = time.perf_counter() - t0
+        return wall, server.server_seconds - served, time.thread_time() - c0
+
+    def synchronous_commit(on: bool) -> None:
+        if durable:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET synchronous_commit TO {'on' if on else 'off'}")
+
+    def measure_chain() -> None:
+        for _ in range(20):
+            chain_call(direct_route)
+        with CaptureQueriesContext(connection) as queries:
+            chain_call(direct_route)
+        statements = [q["sql"].split(" ", 1)[0] for q in queries.captured_queries]
+        timed, no_wait = [], []
+        for _ in range(args.n):  # interleaved: durable commit / no wait for the disk
+            timed.append(chain_call(direct_route))
+            if durable:
+                synchronous_commit(False)
+                no_wait.append(chain_call(direct_route))
+                synchronous_commit(True)
+        overhead = median_ms([w - s for w, s, _ in timed])
+        cpu = median_ms([c for _, _, c in timed])
+        print(f"(b) the chain alone (providers.chain.complete), one answered call charged to a step and its run; "
+              f"n={args.n}, medians")
+        print(f"    statements per call            {len(statements):8d}   ({', '.join(statements)})")
+        print(f"    server time per call           {median_ms([s for _, s, _ in timed]):8.2f} ms")
+        print(f"    chain overhead (wall - server) {overhead:8.2f} ms")
+        print(f"    this thread's CPU per call     {cpu:8.2f} ms   (includes httpx and the HTTP client side)")
+        if durable:
+            quick = median_ms([w - s for w, s, _ in no_wait])
+            print(f"    overhead without the commit's wait for the disk (synchronous_commit off)  {quick:8.2f} ms")
+            print(f"    => the durable commit's wait   {overhead - quick:8.2f} ms")
+        print()
+
+    if args.chain_only:
+        load = os.getloadavg()
+        print(f"database: {connection.vendor}; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
+        measure_chain()
+        server.stop()
+        return
+
     # (c) the primary is still closed: 503, retried with backoff, then the fallback.
     closed = [run_step("bench-fallback") for _ in range(2)]
     assert ProviderHealth.objects.get(pk=primary.pk).state == BreakerState.OPEN, "the breaker should be open now"
@@ -136,21 +205,13 @@ def main() -> None:
         noop.append(run_step("bench-noop"))
     primary_requests = server.count("primary")
 
-    # (b) the chain alone, one call at a time, no step around it.
-    req = ChatRequest(messages=message)
-
-    def chain_call(route: Route) -> tuple[float, float]:
-        served = server.server_seconds
-        t0 = time.perf_counter()
-        complete(route, req, Scope(), 1)
-        return time.perf_counter() - t0, server.server_seconds - served
-
+    # (a) continued: the chain alone, one call at a time, no step around it.
     for _ in range(20):
-        chain_call(Route([fallback]))
+        chain_call(direct_route, scoped=False)
     chain_direct, chain_open = [], []
     for _ in range(args.n):
-        chain_direct.append(chain_call(Route([fallback])))
-        chain_open.append(chain_call(Route([primary, fallback])))
+        chain_direct.append(chain_call(direct_route, scoped=False))
+        chain_open.append(chain_call(open_route, scoped=False))
     assert server.count("primary") == primary_requests, "an open circuit must not send requests"
 
     def col(rows: Sequence[tuple[float, ...]], i: int) -> list[float]:
@@ -161,7 +222,6 @@ def main() -> None:
     c_direct, c_open = median_ms(col(chain_direct, 0)), median_ms(col(chain_open, 0))
     server_ms = median_ms(col(chain_direct, 1))
     step_overhead = median_ms([w - s for w, _, s in direct])
-    chain_overhead = median_ms([w - s for w, s in chain_direct])
     load = os.getloadavg()
     print(f"database: {connection.vendor}; n={args.n} per measurement, interleaved; medians; "
           f"load average {load[0]:.1f} on {os.cpu_count()} CPUs")
@@ -175,9 +235,9 @@ def main() -> None:
           f"(+{c_open - c_direct:.2f} ms)")
     print(f"    requests sent to the open primary while measuring: {server.count('primary') - primary_requests}")
     print()
-    print("(b) overhead per LLM call (our time minus the server's time)")
+    measure_chain()
+    print("(b) overhead per LLM step (our time minus the server's time)")
     print(f"    server time per call           {server_ms:8.2f} ms")
-    print(f"    chain (record, budget, breaker, httpx)  {chain_overhead:8.2f} ms")
     noop_ms = median_ms(col(noop, 0))
     print(f"    whole step (claim, call, fenced commit, run completion)  {step_overhead:8.2f} ms")
     print(f"    a no-op task step, same path, for comparison   {noop_ms:8.2f} ms")

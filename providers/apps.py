@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models import signals
 
 
 class ProvidersConfig(AppConfig):
@@ -17,10 +18,15 @@ class ProvidersConfig(AppConfig):
         from . import diff, tool_decisions, transcript
         from . import metrics as provider_metrics
         from . import tracing as provider_tracing
+        from .models import Provider
+        from .registry import on_provider_changed
         from .step_type import LLMType
         from .terminal import agent_lines
 
         types.register(LLMType())
+        # This process's copies of provider rows (providers.registry) are dropped when it edits one.
+        signals.post_save.connect(on_provider_changed, sender=Provider, dispatch_uid="providers-cache-save")
+        signals.post_delete.connect(on_provider_changed, sender=Provider, dispatch_uid="providers-cache-delete")
         metrics.register("providers", provider_metrics.families)
         dashboard.register_panel("llm-cost", provider_dashboard.cost_panel, order=30)
         tracing.register_attempt_spans("providers", provider_tracing.attempt_spans)

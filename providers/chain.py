@@ -17,6 +17,7 @@ row in the run's history and a ``rate_limited`` entry in the step's ``route``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import backoff
 import httpx
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from runs.models import Run, RunEvent
@@ -40,8 +41,8 @@ from steps.handlers import PermanentError, RetryableError
 from steps.models import StepExecution
 
 from . import breaker, fake, limits
-from .models import LLMCall, LLMCallStatus, Provider, ProviderKind
-from .registry import Route, api_key
+from .models import BreakerState, LLMCall, LLMCallStatus, Provider, ProviderHealth, ProviderKind
+from .registry import Route, StaleProvider, api_key, confirmed, fresh, recently_checked
 from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, SSEParser, classify_status, client_for
 
 logger = logging.getLogger("stevora.providers")
@@ -268,61 +269,195 @@ def _evidence_only() -> Iterator[None]:
         yield
 
 
+def _table(model: Any) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _run_key(run_id: Any) -> Any:
+    """A run's primary key as a parameter (a UUID is text on SQLite)."""
+    pk = Run._meta.pk
+    return run_id if run_id is None or pk is None else pk.get_db_prep_value(run_id, connection)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's parameter as the ORM would write it (``None``: SQL NULL)."""
+    return None if value is None else connection.ops.adapt_json_value(value, None)
+
+
+_START_COLUMNS = ("step_id", "run_id", "step_attempt", "round", "try_number", "provider_id", "provider_name", "kind",
+                  "model", "status", "request", "request_digest", "error", "error_kind", "input_tokens",
+                  "output_tokens", "cost_usd", "started_at")
+
+
+@functools.cache
+def _start_sql(vendor: str) -> str:
+    """One statement, one round trip: the *started* row, inserted only if the caller's copy of
+    the provider row is current (same ``updated_at``, still enabled) — else nothing is inserted
+    and the chain reads the row again (``StaleProvider``). On PostgreSQL the statement is its own
+    transaction and commits with ``synchronous_commit off`` (see ``_evidence_only``): set for
+    this transaction only, by ``set_config(…, true)`` in the statement itself."""
+    values = ", ".join(["%s"] * len(_START_COLUMNS))
+    evidence_only = (" CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS evidence_only"
+                     if vendor == "postgresql" else "")
+    provider = _table(Provider)
+    return (f"INSERT INTO {_table(LLMCall)} ({', '.join(_START_COLUMNS)}) SELECT {values} FROM {provider}"
+            f"{evidence_only} WHERE {provider}.id = %s AND {provider}.updated_at = %s AND {provider}.enabled "
+            "RETURNING id")
+
+
 def _start_record(scope: Scope, provider: Provider, model: str, round_number: int, try_number: int,
-                  request: dict[str, Any]) -> LLMCall:
-    with _evidence_only():
-        return LLMCall.objects.create(
-            step_id=scope.step_id, run_id=scope.run_id, step_attempt=scope.step_attempt, round=round_number,
-            try_number=try_number, provider=provider, provider_name=provider.name, kind=provider.kind, model=model,
-            request=scrub(request, scope.secrets), request_digest=scope.request_digest,
-        )
+                  request: dict[str, Any]) -> int:
+    """The *started* row (evidence that a request may have gone out); returns its id."""
+    ops = connection.ops
+    payload = _json(scrub(request, scope.secrets))
+    params = [scope.step_id, _run_key(scope.run_id), scope.step_attempt, round_number, try_number, provider.pk,
+              provider.name, provider.kind, model, LLMCallStatus.STARTED, payload, scope.request_digest, "", "",
+              0, 0, "0", ops.adapt_datetimefield_value(timezone.now()),
+              # the guard: the copy of the provider row is current
+              provider.pk, ops.adapt_datetimefield_value(provider.updated_at)]
+    with connection.cursor() as cursor:
+        cursor.execute(_start_sql(connection.vendor), params)
+        row = cursor.fetchone()
+    if row is None:
+        raise StaleProvider(provider)
+    confirmed(provider)
+    return int(row[0])
 
 
-def _fail_record(call: LLMCall, err: ProviderError, scope: Scope, started: float) -> None:
+def _fail_record(call_id: int, err: ProviderError, scope: Scope, started: float) -> None:
     with _evidence_only():
-        LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
+        LLMCall.objects.filter(pk=call_id, status=LLMCallStatus.STARTED).update(
             status=LLMCallStatus.FAILED, error=scrub(str(err), scope.secrets), error_kind=err.kind,
             http_status=err.status, response=scrub(err.body, scope.secrets) if err.body is not None else None,
             latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now())
 
 
-def _complete_record(call: LLMCall, provider: Provider, result: ChatResult, body: Any, status: int | None,
-                     scope: Scope, started: float) -> tuple[Decimal, bool]:
-    """Complete the row and charge its usage once (guarded on ``started``). Returns (cost, canonical)."""
+@dataclass
+class Completed:
+    cost: Decimal
+    canonical: bool
+    # The run's totals and budget after this call's roll-up, when the statement returned them.
+    run_totals: dict[str, Any] | None = None
+
+
+@functools.cache
+def _complete_sql(roll_up: bool, run: bool, step: bool) -> str:
+    """PostgreSQL: the answer's row, its roll-ups to the run and the step, and the breaker's reset,
+    as one statement — its own transaction, committed durably (the only fsync of a call).
+
+    The roll-ups read the row count of the answer's UPDATE (``FROM answered``): nothing is
+    charged unless this statement moved the row out of ``started``, so usage is rolled up
+    exactly once. The step's UPDATE reads the run's (``FROM charged``): the run row is locked
+    before the step row, the order the engine takes them in (no deadlock with a cancel)."""
+    call, health = _table(LLMCall), _table(ProviderHealth)
+    parts = [f"answered AS (UPDATE {call} SET status = %s, response = %s, result = %s, http_status = %s, "
+             "input_tokens = %s, output_tokens = %s, cost_usd = %s, latency_ms = %s, finished_at = %s "
+             f"WHERE id = %s AND status = '{LLMCallStatus.STARTED}' RETURNING id)",
+             f"healthy AS (UPDATE {health} SET state = '{BreakerState.CLOSED}', consecutive_failures = 0, "
+             "open_until = NULL, probe_until = NULL, changed_at = %s FROM answered "
+             f"WHERE {health}.provider_id = %s AND {breaker.RESET_WHERE} RETURNING 1)"]
+    totals = "NULL, NULL, NULL, NULL, NULL"
+    source = "answered"
+    usage = ("input_tokens = {t}.input_tokens + %s, output_tokens = {t}.output_tokens + %s, "
+             "cost_usd = {t}.cost_usd + %s")
+    if roll_up and run:
+        table = _table(Run)
+        parts.append(f"charged AS (UPDATE {table} SET {usage.format(t=table)} FROM answered WHERE {table}.id = %s "
+                     f"RETURNING {table}.input_tokens, {table}.output_tokens, {table}.cost_usd, {table}.max_tokens, "
+                     f"{table}.max_cost_usd)")
+        totals = "charged.input_tokens, charged.output_tokens, charged.cost_usd, charged.max_tokens, " \
+                 "charged.max_cost_usd"
+        source = "charged"
+    if roll_up and step:
+        table = _table(StepExecution)
+        parts.append(f"stepped AS (UPDATE {table} SET {usage.format(t=table)} FROM {source} "
+                     f"WHERE {table}.id = %s RETURNING 1)")
+    joined = " LEFT JOIN charged ON TRUE" if roll_up and run else ""
+    return (f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM answered), {totals} "
+            f"FROM (SELECT 1) AS one{joined}")
+
+
+def _complete_postgresql(call_id: int, provider: Provider, status: str, fields: dict[str, Any], scope: Scope,
+                         roll_up: bool) -> tuple[int, dict[str, Any] | None]:
+    ops = connection.ops
+    now = ops.adapt_datetimefield_value(timezone.now())
+    params: list[Any] = [
+        status, _json(fields["response"]), _json(fields["result"]), fields["http_status"],
+        fields["input_tokens"], fields["output_tokens"], fields["cost_usd"], fields["latency_ms"],
+        ops.adapt_datetimefield_value(fields["finished_at"]), call_id, now, provider.pk]
+    run, step = scope.run_id is not None, scope.step_id is not None
+    usage = [fields["input_tokens"], fields["output_tokens"], fields["cost_usd"]]
+    if roll_up and run:
+        params += [*usage, _run_key(scope.run_id)]
+    if roll_up and step:
+        params += [*usage, scope.step_id]
+    with connection.cursor() as cursor:
+        cursor.execute(_complete_sql(roll_up, run, step), params)
+        row = cursor.fetchone()
+    updated = int(row[0])
+    totals = None
+    if row[1] is not None:
+        totals = dict(zip(("input_tokens", "output_tokens", "cost_usd", "max_tokens", "max_cost_usd"), row[1:],
+                          strict=True))
+    return updated, totals
+
+
+def _complete_portable(call_id: int, provider: Provider, status: str, fields: dict[str, Any], scope: Scope,
+                       roll_up: bool) -> int:
+    """SQLite: the same writes as ``_complete_postgresql``, as statements of one transaction."""
+    with transaction.atomic():
+        updated = LLMCall.objects.filter(pk=call_id, status=LLMCallStatus.STARTED).update(status=status, **fields)
+        if updated == 1:
+            ProviderHealth.objects.filter(pk=provider.pk).filter(
+                ~Q(state=BreakerState.CLOSED) | Q(consecutive_failures__gt=0)).update(
+                state=BreakerState.CLOSED, consecutive_failures=0, open_until=None, probe_until=None,
+                changed_at=timezone.now())
+        if updated == 1 and roll_up:
+            usage = dict(input_tokens=F("input_tokens") + fields["input_tokens"],
+                         output_tokens=F("output_tokens") + fields["output_tokens"],
+                         cost_usd=F("cost_usd") + fields["cost_usd"])
+            # The run row first: the engine locks the run before its steps, and so do we.
+            if scope.run_id is not None:
+                Run.objects.filter(pk=scope.run_id).update(**usage)
+            if scope.step_id is not None:
+                StepExecution.objects.filter(pk=scope.step_id).update(**usage)
+    return updated
+
+
+def _complete_record(call_id: int, provider: Provider, result: ChatResult, body: Any, status: int | None,
+                     scope: Scope, started: float) -> Completed:
+    """Complete the row, charge its usage once (guarded on ``started``) and close the provider's
+    circuit if a failure was counted — one durable commit."""
     cost = provider.cost_of(result.input_tokens, result.output_tokens)
     fields = dict(
         response=scrub(body, scope.secrets), result=result.to_json(), http_status=status,
         input_tokens=result.input_tokens, output_tokens=result.output_tokens, cost_usd=cost,
         latency_ms=round((time.perf_counter() - started) * 1000, 3), finished_at=timezone.now(),
     )
+    roll_up = bool(result.input_tokens or result.output_tokens or cost)
+
+    def write(outcome: str) -> tuple[int, dict[str, Any] | None]:
+        if connection.vendor == "postgresql":
+            return _complete_postgresql(call_id, provider, outcome, fields, scope, roll_up)
+        return _complete_portable(call_id, provider, outcome, fields, scope, roll_up), None
+
     canonical = True
-    with transaction.atomic():
+    if scope.first_attempt:
+        # No other attempt can have answered this round: a unique violation here is a bug.
+        updated, totals = write(LLMCallStatus.SUCCEEDED)
+    else:
         try:
-            # A savepoint only where another attempt of the step may have answered this round.
-            with contextlib.nullcontext() if scope.first_attempt else transaction.atomic():
-                updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
-                    status=LLMCallStatus.SUCCEEDED, **fields)
+            with transaction.atomic():
+                updated, totals = write(LLMCallStatus.SUCCEEDED)
         except IntegrityError:
-            if scope.first_attempt:
-                raise
             # A concurrent attempt of this step recorded this round's answer first; ours was paid for too.
             canonical = False
-            updated = LLMCall.objects.filter(pk=call.pk, status=LLMCallStatus.STARTED).update(
-                status=LLMCallStatus.SUPERSEDED, **fields)
-        if updated == 1:
-            scope.input_tokens += result.input_tokens
-            scope.output_tokens += result.output_tokens
-            scope.cost_usd += cost
-        if updated == 1 and (result.input_tokens or result.output_tokens or cost):
-            usage = dict(input_tokens=F("input_tokens") + result.input_tokens,
-                         output_tokens=F("output_tokens") + result.output_tokens, cost_usd=F("cost_usd") + cost)
-            # The run row first: the engine locks the run before its steps, and so do we (no deadlock
-            # with a cancel that holds the run and updates this step).
-            if scope.run_id is not None:
-                Run.objects.filter(pk=scope.run_id).update(**usage)
-            if scope.step_id is not None:
-                StepExecution.objects.filter(pk=scope.step_id).update(**usage)
-    return cost, canonical
+            updated, totals = write(LLMCallStatus.SUPERSEDED)
+    if updated == 1:
+        scope.input_tokens += result.input_tokens
+        scope.output_tokens += result.output_tokens
+        scope.cost_usd += cost
+    return Completed(cost, canonical, totals)
 
 
 def note_rate_limit(scope: Scope, provider_name: str, action: str, wait_seconds: float, reason: str) -> None:
@@ -336,11 +471,13 @@ def note_rate_limit(scope: Scope, provider_name: str, action: str, wait_seconds:
                                   "wait_seconds": round(wait_seconds, 3), "on_rate_limit": scope.on_rate_limit})
 
 
-def check_budget(scope: Scope, *, after_call: bool = False) -> None:
+def check_budget(scope: Scope, *, after_call: bool = False, totals: dict[str, Any] | None = None) -> None:
+    """Refuse a call when the run's budget is spent (``totals``: the run's row as the answer's
+    statement returned it, which saves reading it again)."""
     if scope.run_id is None or not scope.budgeted:
         return
-    row = Run.objects.filter(pk=scope.run_id).values("input_tokens", "output_tokens", "cost_usd", "max_tokens",
-                                               "max_cost_usd").first()
+    row = totals if totals is not None else Run.objects.filter(pk=scope.run_id).values(
+        "input_tokens", "output_tokens", "cost_usd", "max_tokens", "max_cost_usd").first()
     if row is None:
         return
     tokens = row["input_tokens"] + row["output_tokens"]
@@ -371,10 +508,11 @@ def _wait_gen(*, base: float, cap: float) -> Generator[float, Any, None]:
 
 
 def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scope, round_number: int,
-                   key: str | None, max_tries: int, on_failure: Callable[[ProviderError], bool]) -> ChatResult:
+                   key: str | None, max_tries: int,
+                   on_failure: Callable[[ProviderError], bool]) -> tuple[ChatResult, Completed]:
     tries = 0
 
-    def attempt() -> ChatResult:
+    def attempt() -> tuple[ChatResult, Completed]:
         nonlocal tries
         tries += 1
         check_budget(scope)
@@ -390,10 +528,15 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
             http = client_for(provider.kind).build(provider, model, req, key)
             if scope.stream:
                 http = client_for(provider.kind).streamed(http)
-        call = _start_record(scope, provider, model, round_number, tries, http.redacted())
+        try:
+            call_id = _start_record(scope, provider, model, round_number, tries, http.redacted())
+        except StaleProvider:
+            if admission is not None:
+                limits.settle(provider, admission, 0)
+            raise
         scope.calls += 1
         started = time.perf_counter()
-        live = _LiveText(scope, call.pk, provider.name, round_number) if scope.stream else None
+        live = _LiveText(scope, call_id, provider.name, round_number) if scope.stream else None
         try:
             if provider.kind == ProviderKind.FAKE:
                 result, body, status = fake.answer(provider, req, round_number), None, None
@@ -415,20 +558,19 @@ def _call_provider(provider: Provider, model: str, req: ChatRequest, scope: Scop
                 live.discard()
             if admission is not None:
                 limits.settle(provider, admission, 0)
-            _fail_record(call, err, scope, started)
+            _fail_record(call_id, err, scope, started)
             if on_failure(err):
                 err.stop_retrying = True
             raise
         except BaseException as exc:  # a step timeout or a bug: leave evidence, then let it through
             if live is not None:
                 live.discard()
-            _fail_record(call, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
+            _fail_record(call_id, ProviderError(f"interrupted: {type(exc).__name__}: {exc}", permanent=True),
                          scope, started)
             raise
         if admission is not None:
             limits.settle(provider, admission, result.input_tokens + result.output_tokens)
-        _complete_record(call, provider, result, body, status, scope, started)
-        return result
+        return result, _complete_record(call_id, provider, result, body, status, scope, started)
 
     def give_up(exc: Exception) -> bool:
         err = exc if isinstance(exc, ProviderError) else None
@@ -481,61 +623,28 @@ class _HeldBack(Exception):  # noqa: N818 (control flow: the chain must wait for
 def _complete_once(route: Route, req: ChatRequest, scope: Scope, round_number: int) -> Answer:
     reasons: list[dict[str, Any]] = []
     held: list[RateLimited] = []
-    for index, provider in enumerate(route.providers):
-        model = route.model_for(index)
-        if not provider.enabled:
-            reasons.append({"provider": provider.name, "outcome": "skipped", "reason": "disabled"})
-            continue
-        key = api_key(provider)
-        if provider.api_key_env and not key:
+    for index in range(len(route.providers)):
+        provider, checked, admitted = route.providers[index], False, None
+        # This process's copy of a provider row is checked by the request's started row; a copy
+        # found stale is read again and the provider tried with the row as it is now.
+        for _ in range(3):
+            try:
+                answer = _ask(route, index, provider, checked, admitted, req, scope, round_number, reasons, held)
+            except _Stale as stale:
+                current = fresh(provider.name)
+                if current is None:
+                    reasons.append({"provider": provider.name, "outcome": "skipped",
+                                    "reason": "no longer configured"})
+                    break
+                route.providers[index] = provider = current
+                checked, admitted = True, stale.admitted
+                continue
+            if answer is not None:
+                return answer
+            break
+        else:
             reasons.append({"provider": provider.name, "outcome": "skipped",
-                            "reason": f"no key: {provider.api_key_env} is not set"})
-            continue
-        if key and key not in scope.secrets:
-            scope.secrets.append(key)
-        admission, why, dirty = breaker.admit(provider)
-        if admission is breaker.Admission.SKIP:
-            reasons.append({"provider": provider.name, "outcome": "skipped", "reason": why})
-            continue
-        probe = admission is breaker.Admission.PROBE
-        tracked = dirty
-
-        def note_failure(err: ProviderError, provider: Provider = provider, probe: bool = probe) -> bool:
-            """Count the failure; True when it opened the circuit (then stop retrying this provider)."""
-            nonlocal tracked
-            if not err.counts_for_breaker:
-                return False
-            tracked = True
-            reason = scrub(str(err), scope.secrets)
-            if breaker.failed(provider, reason, probe=probe):
-                logger.warning("provider %s: circuit opened after %s", provider.name, reason)
-                return True
-            return False
-
-        try:
-            result = _call_provider(provider, model, req, scope, round_number, key,
-                                    max_tries=1 if probe else provider.max_retries + 1, on_failure=note_failure)
-        except RateLimited as err:
-            # A probe admission taken for nothing lapses at its probe_until (another caller takes it).
-            reasons.append({"provider": provider.name, "model": model, "outcome": "rate_limited",
-                            "wait_seconds": round(err.wait_seconds, 3), "reason": str(err)})
-            if scope.on_rate_limit == "wait":
-                raise _HeldBack(provider.name, err.wait_seconds, str(err), reasons) from None
-            held.append(err)
-            if index + 1 < len(route.providers):
-                note_rate_limit(scope, provider.name, "fell_back", err.wait_seconds, str(err))
-            continue
-        except ProviderError as err:
-            if probe and not err.counts_for_breaker:
-                breaker.succeeded(provider)  # it answered (our request was at fault): it is up again
-            reasons.append({"provider": provider.name, "model": model, "outcome": "failed", "kind": err.kind,
-                            "status": err.status, "reason": scrub(str(err), scope.secrets)})
-            continue
-        if tracked:
-            breaker.succeeded(provider)
-        check_budget(scope, after_call=True)
-        reasons.append({"provider": provider.name, "model": model, "outcome": "answered"})
-        return Answer(result, provider.name, result.model or model, reasons)
+                            "reason": "its configuration kept changing while it was read"})
     if held:
         # Every provider that could answer is held back: wait for the one whose window opens first.
         first = min(held, key=lambda e: e.wait_seconds)
@@ -546,3 +655,77 @@ def _complete_once(route: Route, req: ChatRequest, scope: Scope, round_number: i
         raise AllProvidersFailed(message, details=reasons)
     raise AllProvidersRefused(message, details=reasons)
 
+
+class _Stale(Exception):  # noqa: N818 (control flow: read the provider row again)
+    def __init__(self, admitted: tuple[breaker.Admission, str, bool] | None) -> None:
+        super().__init__("stale provider row")
+        self.admitted = admitted
+
+
+def _ask(route: Route, index: int, provider: Provider, checked: bool,
+         admitted: tuple[breaker.Admission, str, bool] | None, req: ChatRequest, scope: Scope, round_number: int,
+         reasons: list[dict[str, Any]], held: list[RateLimited]) -> Answer | None:
+    """One provider of the chain: its answer, or None with the reason it did not answer in
+    ``reasons`` (or its rate limit's hold in ``held``). Raises ``_Stale`` when this process's
+    copy of the row turned out to be out of date (``checked``: the copy was just read).
+    A provider is skipped only on a copy read or confirmed within ``RECHECK_SECONDS``."""
+    model = route.model_for(index)
+    key = api_key(provider)
+    no_key = bool(provider.api_key_env and not key)
+    checked = checked or recently_checked(provider)
+    if (not provider.enabled or no_key) and not checked:
+        raise _Stale(None)
+    if not provider.enabled:
+        reasons.append({"provider": provider.name, "outcome": "skipped", "reason": "disabled"})
+        return None
+    if no_key:
+        reasons.append({"provider": provider.name, "outcome": "skipped",
+                        "reason": f"no key: {provider.api_key_env} is not set"})
+        return None
+    if key and key not in scope.secrets:
+        scope.secrets.append(key)
+    admission, why, dirty = admitted or breaker.admit(provider)
+    if admission is breaker.Admission.SKIP:
+        if not checked:
+            raise _Stale(None)  # the circuit of this very row (not of one deleted since) is open
+        reasons.append({"provider": provider.name, "outcome": "skipped", "reason": why})
+        return None
+    probe = admission is breaker.Admission.PROBE
+
+    def note_failure(err: ProviderError, provider: Provider = provider, probe: bool = probe) -> bool:
+        """Count the failure; True when it opened the circuit (then stop retrying this provider)."""
+        if not err.counts_for_breaker:
+            return False
+        reason = scrub(str(err), scope.secrets)
+        if breaker.failed(provider, reason, probe=probe):
+            logger.warning("provider %s: circuit opened after %s", provider.name, reason)
+            return True
+        return False
+
+    try:
+        result, completed = _call_provider(provider, model, req, scope, round_number, key,
+                                           max_tries=1 if probe else provider.max_retries + 1,
+                                           on_failure=note_failure)
+    except StaleProvider:
+        # Nothing was sent; a probe admission already taken stays this caller's.
+        raise _Stale((admission, why, dirty)) from None
+    except RateLimited as err:
+        # A probe admission taken for nothing lapses at its probe_until (another caller takes it).
+        reasons.append({"provider": provider.name, "model": model, "outcome": "rate_limited",
+                        "wait_seconds": round(err.wait_seconds, 3), "reason": str(err)})
+        if scope.on_rate_limit == "wait":
+            raise _HeldBack(provider.name, err.wait_seconds, str(err), reasons) from None
+        held.append(err)
+        if index + 1 < len(route.providers):
+            note_rate_limit(scope, provider.name, "fell_back", err.wait_seconds, str(err))
+        return None
+    except ProviderError as err:
+        if probe and not err.counts_for_breaker:
+            breaker.succeeded(provider)  # it answered (our request was at fault): it is up again
+        reasons.append({"provider": provider.name, "model": model, "outcome": "failed", "kind": err.kind,
+                        "status": err.status, "reason": scrub(str(err), scope.secrets)})
+        return None
+    # The answer's own statement closed the circuit if failures were counted (breaker.RESET_WHERE).
+    check_budget(scope, after_call=True, totals=completed.run_totals)
+    reasons.append({"provider": provider.name, "model": model, "outcome": "answered"})
+    return Answer(result, provider.name, result.model or model, reasons)

@@ -29,6 +29,7 @@ from django.db import transaction
 from steps import clock
 
 from .models import Provider, ProviderRateGrant
+from .registry import StaleProvider
 from .wire import ChatRequest
 
 DEFAULT_OUTPUT_ESTIMATE = 512
@@ -65,8 +66,12 @@ def reserve(provider: Provider, tokens: int) -> Admission:
     need = min(tokens, tpm) if tpm else 0
     with transaction.atomic():
         # The serialisation point of this provider's admissions (FOR NO KEY UPDATE does not block
-        # the LLMCall inserts that reference the row).
-        list(Provider.objects.select_for_update(no_key=True).filter(pk=provider.pk).values_list("pk"))
+        # the LLMCall inserts that reference the row). It also tells whether the caller's copy of
+        # the row is current: limits edited since it was read are applied, not the old ones.
+        row = Provider.objects.select_for_update(no_key=True).filter(pk=provider.pk).values_list(
+            "updated_at", "enabled").first()
+        if row is None or row[0] != provider.updated_at or not row[1]:
+            raise StaleProvider(provider)
         now = clock.now()
         ProviderRateGrant.objects.filter(provider=provider, granted_at__lte=now - window).delete()
         grants = list(ProviderRateGrant.objects.filter(provider=provider).order_by("granted_at", "id")

@@ -3,11 +3,31 @@
 ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` present (or ``*_FILE``) means a provider
 named ``openai`` / ``anthropic`` exists: its row is created on first use, holding the
 variable's *name* only (model from ``OPENAI_MODEL`` / ``ANTHROPIC_MODEL``).
+
+Provider rows are kept in this process (``_rows``, by name) so that a step does not read
+them again. The copy is never trusted for long or blindly:
+
+* every request is preceded by its *started* row, whose INSERT checks that the provider row
+  still has the ``updated_at`` and ``enabled`` of the copy (``providers.chain``; for a
+  rate-limited provider ``providers.limits.reserve`` checks first). A copy found stale raises
+  ``StaleProvider`` before anything is sent: the chain reads the row again and starts over
+  with it. So an edit saved through the model (admin, ``load_providers``) and any
+  disabling are seen by the next request of every worker;
+* a provider is skipped (disabled, key variable unset, circuit open) only on a copy read or
+  confirmed by a request within ``RECHECK_SECONDS`` (else it is read again first: ``fresh``),
+  so a skip is never decided on a row that has since been re-enabled or re-created;
+* an entry lives at most ``CONFIG_CACHE_SECONDS``: what an UPDATE written around the model
+  changes without touching ``updated_at`` is seen within that bound.
+
+Keys are read from the environment (or ``NAME_FILE``) at every call, never cached: a
+rotated key file is used by the next request.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +49,68 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class ResolveError(ValueError):
     """The step names a provider or chain that does not exist."""
+
+
+class StaleProvider(Exception):  # noqa: N818 (control flow: the chain reads the row again)
+    """This process's copy of a provider row is out of date (edited, disabled or deleted)."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(f"provider {provider.name!r} changed since this process read it")
+        self.provider = provider
+
+
+# The longest a copy of a provider row is used without the row being checked by a request
+# (see the module docstring: requests check their provider's row anyway).
+CONFIG_CACHE_SECONDS = 10.0
+# How recent a copy must be (read, or confirmed by a request's check) for a provider to be
+# skipped on it.
+RECHECK_SECONDS = 1.0
+# name -> (time.monotonic() the row was last read or confirmed, the copy)
+_rows: dict[str, tuple[float, Provider]] = {}
+_rows_lock = threading.Lock()
+
+
+def remember(provider: Provider) -> None:
+    with _rows_lock:
+        _rows[provider.name] = (time.monotonic(), provider)
+
+
+def confirmed(provider: Provider) -> None:
+    """A request's check found this copy current."""
+    entry = _rows.get(provider.name)
+    if entry is not None and entry[1] is provider:
+        _rows[provider.name] = (time.monotonic(), provider)
+
+
+def recently_checked(provider: Provider) -> bool:
+    entry = _rows.get(provider.name)
+    return entry is not None and entry[1] is provider and time.monotonic() - entry[0] < RECHECK_SECONDS
+
+
+def forget(name: str) -> None:
+    with _rows_lock:
+        _rows.pop(name, None)
+
+
+def forget_all() -> None:
+    with _rows_lock:
+        _rows.clear()
+
+
+def on_provider_changed(sender: Any, instance: Provider, **kwargs: Any) -> None:
+    """post_save / post_delete: this process reads the row again at its next use (other
+    processes find out through their next request's check)."""
+    forget(instance.name)
+
+
+def fresh(name: str) -> Provider | None:
+    """The provider row as it is now (and remembered), or None when it is gone."""
+    provider = Provider.objects.filter(name=name).first()
+    if provider is None:
+        forget(name)
+    else:
+        remember(provider)
+    return provider
 
 
 def api_key(provider: Provider) -> str | None:
@@ -78,11 +160,23 @@ class Route:
 
 
 def _by_name(names: list[str]) -> dict[str, Provider]:
-    rows = {p.name: p for p in Provider.objects.filter(name__in=names)}
-    missing = [n for n in names if n not in rows and n in ENV_DEFAULTS]
+    now = time.monotonic()
+    rows: dict[str, Provider] = {}
+    for name in names:
+        entry = _rows.get(name)
+        if entry is not None and now - entry[0] < CONFIG_CACHE_SECONDS:
+            rows[name] = entry[1]
+    unknown = [n for n in names if n not in rows]
+    if not unknown:
+        return rows
+    found = {p.name: p for p in Provider.objects.filter(name__in=unknown)}
+    missing = [n for n in unknown if n not in found and n in ENV_DEFAULTS]
     if missing:
         ensure_env_defaults()
-        rows = {p.name: p for p in Provider.objects.filter(name__in=names)}
+        found = {p.name: p for p in Provider.objects.filter(name__in=unknown)}
+    for provider in found.values():
+        remember(provider)
+    rows.update(found)
     return rows
 
 
