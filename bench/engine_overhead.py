@@ -72,8 +72,12 @@ def _proc(name: str, argv: list[str], env: dict[str, str]) -> Proc:
     return proc
 
 
+# Pool processes per worker (--concurrency), the same for both systems.
+CONCURRENCY = 1
+
+
 def _worker_argv(app: str, queue: str, node: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", "1", "-Q", queue,
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", str(CONCURRENCY), "-Q", queue,
             "-n", f"{node}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"]
 
 
@@ -426,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
                              "(30 s); empty to skip [default,3]")
     parser.add_argument("--kill-after", type=float, default=2.0,
                         help="seconds into the long step at which its worker is SIGKILLed [2]")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="prefork pool processes per worker, the same for both systems [1]")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER))
     args = parser.parse_args(argv)
 
+    global CONCURRENCY
+    CONCURRENCY = args.concurrency
     configure_environment(args.database_url, args.broker_url)
     ensure_database(args.database_url)
     import django
@@ -445,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     purge(env["STEVORA_QUEUE"])
     purge(env["BENCH_RAW_QUEUE"])
     print(f"engine overhead: {STEPS} no-op steps; {args.runs} sequential runs; {args.burst} runs at once; "
-          f"{args.repeat} round(s); 2 prefork workers (-c 1) each; PostgreSQL {args.database_url.rsplit('/', 1)[1]}, "
+          f"{args.repeat} round(s); 2 prefork workers (-c {args.concurrency}) each; "
+          f"PostgreSQL {args.database_url.rsplit('/', 1)[1]}, "
           f"Redis {args.broker_url}", flush=True)
 
     results: dict[str, dict[str, list[float]]] = {k: {"step": [], "tput": []} for k in ("stevora", "raw")}

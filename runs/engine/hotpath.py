@@ -64,6 +64,7 @@ from django.db.models import (
     TextField,
     UUIDField,
 )
+from django.utils import timezone
 
 from runs.definitions import END, StepSpec, WorkflowSpec
 from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
@@ -162,6 +163,16 @@ _AS_IS = (CharField, TextField, IntegerField, DateTimeField, UUIDField, BooleanF
 
 
 @functools.cache
+def _attnames(model: type[Model]) -> list[str]:
+    """The primary key's attname followed by ``_fields``' (the order ``_row`` returns)."""
+    assert model._meta.auto_field is not None
+    names = [model._meta.auto_field.attname, *(f.attname for f in _fields(model))]
+    # Model.from_db takes a full row in concrete_fields order.
+    assert names == [f.attname for f in model._meta.concrete_fields], names
+    return names
+
+
+@functools.cache
 def _preps(model: type[Model]) -> list[tuple[Field[Any, Any], bool]]:
     return [(f, isinstance(f, _AS_IS)) for f in _fields(model)]
 
@@ -170,6 +181,53 @@ def _values(obj: Model, params: list[Any], db: BaseDatabaseWrapper) -> None:
     for f, as_is in _preps(type(obj)):
         value = f.pre_save(obj, True)  # auto_now and auto_now_add stamp here
         params.append(value if as_is else f.get_db_prep_save(value, db))
+
+
+_GIVEN, _CONSTANT, _CALL, _STAMP = range(4)
+
+
+@functools.cache
+def _plan(model: type[Model]) -> list[tuple[Field[Any, Any], bool, int, Any]]:
+    """How each column of an INSERT gets its value when no model instance is built: given
+    by the caller, the field's default (a constant, or called each time), or stamped
+    (``auto_now``/``auto_now_add``). The same rules as ``Model.__init__`` and ``pre_save``;
+    a field with neither a default nor a stamp must be given."""
+    plan = []
+    for f, as_is in _preps(model):
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            plan.append((f, as_is, _STAMP, None))
+        elif f.has_default() and callable(f.default):
+            plan.append((f, as_is, _CALL, f.default))
+        elif f.has_default():
+            plan.append((f, as_is, _CONSTANT, f.default))
+        elif f.null:
+            plan.append((f, as_is, _CONSTANT, None))
+        else:
+            plan.append((f, as_is, _GIVEN, None))
+    return plan
+
+
+def _row(model: type[Model], given: dict[str, Any], params: list[Any], db: BaseDatabaseWrapper,
+         stamp: datetime) -> list[Any]:
+    """An INSERT's values for ``model`` from ``given`` (by attname) and the fields' defaults,
+    appended to ``params``, without building a model instance (``Model.__init__`` walks every
+    field and its descriptors: most of the Python time of a history row). Returns the
+    values as Python has them, in ``_fields`` order."""
+    values = []
+    for f, as_is, how, default in _plan(model):
+        if f.attname in given:
+            value = given[f.attname]
+        elif how == _STAMP:
+            value = stamp
+        elif how == _CALL:
+            value = default()
+        elif how == _CONSTANT:
+            value = default
+        else:
+            raise TypeError(f"{model.__name__}.{f.attname} has no default and was not given")
+        values.append(value)
+        params.append(value if as_is or value is None else f.get_db_prep_save(value, db))
+    return values
 
 
 def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered: Any, owner: str, t: datetime,
@@ -182,26 +240,27 @@ def commit_and_claim(row: StepExecution, target: StepSpec, output: Any, rendered
     def field(name: str) -> Field[Any, Any]:
         return StepExecution._meta.get_field(name)  # type: ignore[return-value]
 
-    nxt = StepExecution(
-        run_id=row.run_id, key=target.name, name=target.name, type=target.type, parent=None, branch=row.branch,
-        item_index=None, visit=1, max_attempts=target.retry.max_attempts, ready_at=t, state={},
-        status=StepStatus.RUNNING, lease_owner=owner, lease_until=t + timedelta(seconds=lease_seconds),
-        attempt=1, started_at=t, dispatched_at=t, priority=row.priority,
-    )
     db = _db()
     params: list[Any] = [row.run_id, StepStatus.COMPLETED, field("output").get_db_prep_save(output, db),
                          field("input").get_db_prep_save(rendered, db), field("finished_at").get_db_prep_save(t, db),
                          row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING]
-    _values(nxt, params, db)
-    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params, db)
-    _values(RunEvent(run_id=row.run_id, kind="step_ready", step_key=target.name, data={"type": target.type}),
-            params, db)
+    stamp = timezone.now()
+    successor = _row(StepExecution, {
+        "run_id": row.run_id, "key": target.name, "name": target.name, "type": target.type, "parent_id": None,
+        "branch": row.branch, "item_index": None, "visit": 1, "max_attempts": target.retry.max_attempts,
+        "ready_at": t, "state": {}, "status": StepStatus.RUNNING, "lease_owner": owner,
+        "lease_until": t + timedelta(seconds=lease_seconds), "attempt": 1, "started_at": t, "dispatched_at": t,
+        "priority": row.priority,
+    }, params, db, stamp)
+    _row(RunEvent, {"run_id": row.run_id, "kind": "step_completed", "step_key": row.key, "data": completed_data},
+         params, db, stamp)
+    _row(RunEvent, {"run_id": row.run_id, "kind": "step_ready", "step_key": target.name,
+                    "data": {"type": target.type}}, params, db, stamp)
     got = _execute(db, _statement(), params)
     if got is None:
         return NOT_APPLIED
-    nxt.pk = got[0]
-    nxt._state.adding = False
-    nxt._state.db = db.alias
+    # The instance as a query would load it (positional: cheaper than keyword arguments).
+    nxt: StepExecution = StepExecution.from_db(db.alias, _attnames(StepExecution), [got[0], *successor])
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
     nxt.run = row.run
     return nxt
@@ -252,8 +311,10 @@ def commit_and_finish(row: StepExecution, output: Any, rendered: Any, owner: str
                          row.pk, StepStatus.RUNNING, owner, row.attempt, RunStatus.RUNNING,
                          field(Run, "output").get_db_prep_save(output, db),
                          field(Run, "finished_at").get_db_prep_save(t, db)]
-    _values(RunEvent(run_id=row.run_id, kind="step_completed", step_key=row.key, data=completed_data), params, db)
-    _values(RunEvent(run_id=row.run_id, kind=f"run_{RunStatus.COMPLETED}", data={}), params, db)
+    stamp = timezone.now()
+    _row(RunEvent, {"run_id": row.run_id, "kind": "step_completed", "step_key": row.key, "data": completed_data},
+         params, db, stamp)
+    _row(RunEvent, {"run_id": row.run_id, "kind": f"run_{RunStatus.COMPLETED}", "data": {}}, params, db, stamp)
     if _execute(db, _finish_statement(), params) is None:
         return False
     row.status, row.output, row.finished_at = StepStatus.COMPLETED, output, t
