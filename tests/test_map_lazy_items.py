@@ -4,11 +4,14 @@ the join fires exactly once; a killed worker costs only the items it was running
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from runs.engine.executor import process_step
 from runs.models import Run, RunEvent
@@ -54,6 +57,13 @@ def test_starting_a_map_of_5000_items_makes_only_max_concurrency_item_rows(workf
     assert sorted(_items(run).values_list("key", "status")) == [(f"each[{i}]", "ready") for i in range(4)]
     assert (parent.state["total"], parent.state["made"], parent.state["finished"]) == (5000, 4, 0)
     assert parent.input == list(range(5000))  # the list, stored once on the map step
+    out = StringIO()
+    call_command("show_run", str(run.pk), stdout=out)
+    assert "0/5000 items done, 4996 not started" in out.getvalue()
+    out = StringIO()
+    call_command("show_run", str(run.pk), "--json", stdout=out)
+    shown = {step["name"]: step for step in json.loads(out.getvalue())["steps"]}
+    assert shown["each"]["items"] == {"total": 5000, "made": 4, "finished": 0}
     # Cancelling it closes the items made and makes no more.
     cancel_run(run.pk, actor="test")
     assert _items(run).count() == 4
