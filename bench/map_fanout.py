@@ -2,17 +2,21 @@
 
 A workflow with one ``map`` step over n no-op items (``max_concurrency`` 20) is run to
 completion in this process (``runs.engine.executor.process_step`` on each ready item; no broker,
-no worker), for several n. Each item is claimed, executed and committed through the
-general path: the run locked, the item completed, the map's join consulted, the next
-pending item promoted, all in one transaction. The baseline, measured in the same run, is
-a step of a sequential workflow of 10 no-op steps through the same loop.
+no worker), for several n. Each item is claimed, executed and committed: on PostgreSQL an
+item that is not the last completes, makes the next item and claims it in one statement
+(``runs.engine.mapitems``), as a sequential step does (``runs.engine.hotpath``); only the
+last item takes the general commit (it joins). The baseline,
+measured in the same run, is a step of a sequential workflow of 10 no-op steps through
+the same loop.
 
-It prints the time per item for each n, the ratio to the sequential step, and the ratio of
+It prints the time per item for each n, the ratio to the sequential step measured just
+before that map (the least of five 10-step runs), the ``start_run`` call's time, and the ratio of
 the largest map's per-item time to the smallest's (1.0: an item costs the same whatever the
 size of its map). Never a test; results go in docs/benchmarks.md.
 
     .venv/bin/python -m bench.map_fanout                         # n = 100, 1000, 3000 on PostgreSQL
-    .venv/bin/python -m bench.map_fanout --sizes 100,10000 --database-url postgres://…/db
+    .venv/bin/python -m bench.map_fanout --sizes 100,10000,100000 --database-url postgres://…/db
+    .venv/bin/python -m bench.map_fanout --sizes 100 --count-statements 1000   # load-independent counts
 """
 
 from __future__ import annotations
@@ -61,12 +65,45 @@ def timed_run_and_start(name: str, run_input: dict[str, Any]) -> tuple[float, fl
     return elapsed, started
 
 
+def count_statements(n: int) -> tuple[float, float]:
+    """(statements per sequential step, per map item of an n-item map): what each sends to
+    the database, through Django's cursors and the engine's prepared statements (BEGIN and
+    COMMIT not counted). Unlike the times, the counts do not depend on the machine's load."""
+    from django.db import connection
+
+    from runs.engine import hotpath
+
+    count = [0]
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        count[0] += 1
+        return execute(sql, params, many, context)
+
+    prepared = hotpath._execute
+
+    def counted(db: Any, statement: str, params: list[Any]) -> Any:
+        count[0] += 1
+        return prepared(db, statement, params)
+
+    hotpath._execute = counted
+    try:
+        with connection.execute_wrapper(wrapper):
+            timed_run("bench-noop10", {})
+            sequential, count[0] = count[0], 0
+            timed_run("bench-map", {"items": list(range(n))})
+            return sequential / 10, count[0] / n
+    finally:
+        hotpath._execute = prepared
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,1000,3000", help="map sizes, comma-separated [100,1000,3000]")
     parser.add_argument("--max-concurrency", type=int, default=20)
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/7"))
+    parser.add_argument("--count-statements", type=int, metavar="N", default=0,
+                        help="also count the statements per sequential step and per item of an N-item map")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
 
@@ -94,16 +131,28 @@ def main(argv: list[str] | None = None) -> int:
             timed_run("bench-noop10", {})
         timed_run("bench-map", {"items": list(range(20))})
         sequential = min(timed_run("bench-noop10", {}) for _ in range(20)) / 10
+        before_maps = sequential
         print(f"map fan-out: max_concurrency {args.max_concurrency}; PostgreSQL "
               f"{args.database_url.rsplit('/', 1)[1]}; items processed in this process")
         print(f"{'':28s} {'ms / item':>10s} {'/ sequential step':>18s} {'start_run (ms)':>15s}")
         print(f"{'sequential step (baseline)':28s} {sequential * 1000:>10.2f} {1.0:>18.2f}")
         per_item = {}
         for n in sizes:
+            # The sequential step again just before each map (the least of five runs): on a
+            # shared machine the ratio to the nearest baseline is what can be compared.
+            local = min(timed_run("bench-noop10", {}) for _ in range(5)) / 10
             total, start = timed_run_and_start("bench-map", {"items": list(range(n))})
             per_item[n] = total / n
-            print(f"{f'map of {n} items':28s} {per_item[n] * 1000:>10.2f} {per_item[n] / sequential:>18.2f} "
-                  f"{start * 1000:>15.1f}", flush=True)
+            print(f"{f'map of {n} items':28s} {per_item[n] * 1000:>10.2f} {per_item[n] / local:>18.2f} "
+                  f"{start * 1000:>15.1f}   (sequential step just before: {local * 1000:.2f} ms)", flush=True)
+        if args.count_statements:
+            per_step, per_item_count = count_statements(args.count_statements)
+            print(f"statements: {per_step:.2f} per sequential step, {per_item_count:.2f} per item of a "
+                  f"{args.count_statements}-item map", flush=True)
+        # The baseline again after the maps: the machine is shared, so a drift shows here.
+        sequential_after = min(timed_run("bench-noop10", {}) for _ in range(20)) / 10
+        print(f"{'sequential step (again)':28s} {sequential_after * 1000:>10.2f} "
+              f"{sequential_after / before_maps:>18.2f}")
         if len(sizes) > 1:
             print(f"growth: an item of a {sizes[-1]}-item map costs {per_item[sizes[-1]] / per_item[sizes[0]]:.2f}x "
                   f"an item of a {sizes[0]}-item map")

@@ -66,6 +66,9 @@ def run_as_json(run: Run) -> dict[str, Any]:
             "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
             "llm_calls": llm_calls.get(row.pk, []), "tool_calls": tool_calls.get(row.pk, []),
         })
+        if row.type == "map" and "made" in (row.state or {}):
+            # Items are made as max_concurrency admits them: the ones not made yet have no row.
+            steps[-1]["items"] = {key: int(row.state[key]) for key in ("total", "made", "finished")}
     return {
         "id": str(run.pk), "workflow": run.workflow_name, "version": run.workflow.version,
         "status": run.status, "input": run.input, "output": run.output, "error": _public_error(run.error),
@@ -115,6 +118,13 @@ def _fmt_seconds(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def map_progress(state: dict[str, Any]) -> str:
+    """A map step's counters: items are made as max_concurrency admits them (runs.engine.mapitems)."""
+    total, made, finished = int(state.get("total", 0)), int(state.get("made", 0)), int(state.get("finished", 0))
+    text = f"{finished}/{total} items done"
+    return text + (f", {total - made} not started" if made < total else "")
 
 
 def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
@@ -182,6 +192,8 @@ def draw_timeline(run: Run, width: int = 40, color: bool | None = None) -> str:
             extra.append(f"recovered {row.recovery_count}×")
         if row.status == "failed" and row.error:
             extra.append(str(row.error.get("message", ""))[:60])
+        if row.type == "map" and "made" in (row.state or {}):
+            extra.append(map_progress(row.state))
         bar_text = "".join(bar)
         mark = STATUS_MARK.get(row.status, "?")
         status_text = f"{mark} {row.status}"

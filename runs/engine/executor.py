@@ -36,7 +36,7 @@ from steps.handlers import registry as handler_registry
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import hotpath, tracing, workers
+from . import hotpath, mapitems, tracing, workers
 from . import transitions as t
 from .dispatch import can_publish, dispatch_steps
 from .effects import Effects
@@ -294,7 +294,17 @@ def _fence(row: StepExecution, owner: str) -> Any:
 def commit_success(row: StepExecution, spec: StepSpec, wf: WorkflowSpec, output: Any, owner: str, *,
                    rendered: Any = None) -> StepExecution | None:
     now = clock.now()
-    target = hotpath.successor(row, spec, wf)
+    if row.item_index is not None:
+        if mapitems.applies(row, spec):
+            # A map item that is not the last: completed, the next item made and claimed, in one statement.
+            got = mapitems.commit_item(row, spec, output, rendered, owner, now, lease_seconds(),
+                                       _attempt_data(row, owner, now))
+            if got is not mapitems.NOT_APPLIED:
+                fault_point("after_commit")
+                return got  # type: ignore[return-value]
+        target = None
+    else:
+        target = hotpath.successor(row, spec, wf)
     if target is not None:
         # The sequential common case in one SQL statement; if its fence or run check did
         # not match, nothing was written and the general commit below decides.

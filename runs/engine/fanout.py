@@ -11,6 +11,8 @@ under it: activation stops, a claim of a child finds it closed and cancels it
 
 from __future__ import annotations
 
+import uuid
+
 from runs.definitions import StepSpec, WorkflowSpec
 from runs.errors import StartError
 from runs.models import RUN_ACTIVE, Run, RunStatus
@@ -18,14 +20,14 @@ from steps import types as step_types
 from steps.models import StepExecution, StepStatus
 from steps.templating import render_value
 
-from . import starting
+from . import mapitems, starting
 from . import transitions as t
 from .dispatch import can_publish
 from .effects import Effects
 
 MAX_CHILD_DEPTH = 10  # runs below a top-level run (a workflow step that starts its own workflow)
 _ACTIVE_ITEM = (StepStatus.QUEUED, StepStatus.READY, StepStatus.RUNNING, StepStatus.WAITING)
-_PENDING_BATCH = 2000
+MADE, FINISHED, ITEMS_KEY = mapitems.MADE, mapitems.FINISHED, mapitems.ITEMS_KEY
 
 
 def _still_waiting(run: Run, row: StepExecution, child: StepExecution | None) -> bool:
@@ -54,6 +56,10 @@ def start_parallel(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecutio
 
 def start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
               fx: Effects) -> step_types.Outcome | None:
+    """Fan out over the rendered ``over`` list, making only the first ``max_concurrency``
+    item rows: the list is stored once, as the map step's ``input``, and each item's row is
+    made when a slot frees (``map_item_done``). Starting a map of 100,000 items writes
+    ``max_concurrency`` item rows, not 100,000."""
     items = render_value(spec.raw["over"], t.template_context(run, row))  # a literal list may hold templates
     if not isinstance(items, list):
         return step_types.Fail(t.error_dict(
@@ -62,26 +68,16 @@ def start_map(run: Run, wf: WorkflowSpec, spec: StepSpec, row: StepExecution,
         return step_types.Complete([])
     assert spec.item is not None
     limit = int(spec.raw.get("max_concurrency") or len(items))
-    state = {"total": len(items), "max_concurrency": limit}
-    StepExecution.objects.filter(pk=row.pk).update(status=StepStatus.WAITING, state=state)
+    first = min(limit, len(items))
+    state = {"total": len(items), "max_concurrency": limit, MADE: first, FINISHED: 0, ITEMS_KEY: uuid.uuid4().hex}
+    StepExecution.objects.filter(pk=row.pk).update(status=StepStatus.WAITING, state=state, input=items)
     row.status, row.state = StepStatus.WAITING, state
+    mapitems.remember(row.pk, state, items)
     fx.event(run.pk, "fan_out", row.key, data={"items": len(items), "max_concurrency": limit})
-    for index, item in enumerate(items[:limit]):
-        child = t.activate(run, wf, spec.item, fx, parent=row, item_index=index, item=item)
+    for index in range(first):
+        child = t.activate(run, wf, spec.item, fx, parent=row, item_index=index, item=items[index])
         if not _still_waiting(run, row, child):
             return None  # an item failed the map (or the run) while it was being started
-    if len(items) > limit:
-        # The items past max_concurrency wait as pending rows, written in bulk (the rows
-        # ``activate`` would write one by one): starting a map of 20,000 items is a few
-        # multi-row INSERTs, not 20,000 statements.
-        now = t.now()
-        item_spec = spec.item
-        StepExecution.objects.bulk_create([
-            StepExecution(run_id=run.pk, key=f"{row.key}[{index}]", name=item_spec.name, type=item_spec.type,
-                          parent=row, item_index=index, visit=1, max_attempts=item_spec.retry.max_attempts,
-                          ready_at=now, state={"item": item}, status=StepStatus.PENDING, priority=run.priority)
-            for index, item in enumerate(items[limit:], start=limit)
-        ], batch_size=_PENDING_BATCH)
     t.refresh_run_status(run, fx)  # as for parallel: an item that parked judged too early
     return None
 
@@ -141,13 +137,50 @@ def branch_done(run: Run, wf: WorkflowSpec, last: StepExecution, fx: Effects) ->
 
 
 def map_item_done(run: Run, wf: WorkflowSpec, item: StepExecution, fx: Effects) -> None:
+    """``item`` completed (under the run lock): count it, make the next item rows the
+    freed slot admits, or — when it was the last — join, in this transaction.
+
+    The map step's ``state`` holds the counters: ``made`` item rows exist (indices
+    0..made-1), ``finished`` of them completed; made - finished are open (at most
+    ``max_concurrency``). Every completion updates them, so the join fires exactly once:
+    in the transaction that makes ``finished`` reach ``total``. (``mapitems`` does the same
+    in one statement when the item is not the last.)"""
     assert item.parent_id is not None
-    parent = StepExecution.objects.get(pk=item.parent_id)
+    # Not the list of items (its ``input``): a map of 100,000 items would read it at each completion.
+    parent = StepExecution.objects.defer("input").get(pk=item.parent_id)
     if parent.status != StepStatus.WAITING:
         return
-    # Each item's completion looks only at the items still open, through the index on
-    # (parent, status, item_index): at most max_concurrency active ones and the next
-    # pending ones. (Counting every item here would make a map of n items cost n².)
+    if MADE not in parent.state:
+        _legacy_item_done(run, wf, parent, fx)  # a map started before items were made lazily
+        return
+    state = dict(parent.state)
+    total, limit = int(state["total"]), max(int(state.get("max_concurrency") or 1), 1)
+    made, finished = int(state[MADE]), int(state[FINISHED]) + 1
+    upto = min(total, finished + limit)
+    state.update({MADE: max(made, upto), FINISHED: finished})
+    # Written before the new items start: an item decided inline counts itself on top of it.
+    StepExecution.objects.filter(pk=parent.pk).update(state=state)
+    parent.state = state
+    if finished >= total:
+        outputs = list(StepExecution.objects.filter(parent_id=parent.pk).order_by("item_index")
+                       .values_list("output", flat=True))
+        t.apply_outcome(run, wf, t.spec_of(wf, parent), parent, step_types.Complete(outputs), fx,
+                        from_status=StepStatus.WAITING)
+        return
+    if upto <= made:
+        t.refresh_run_status(run, fx)  # the items left may all be parked (child runs waiting)
+        return
+    spec = t.spec_of(wf, parent).item
+    assert spec is not None
+    items = mapitems.items_of(parent.pk, state)
+    for index in range(made, upto):
+        child = t.activate(run, wf, spec, fx, parent=parent, item_index=index, item=items[index])
+        if not _still_waiting(run, parent, child):
+            return  # an inline item failed the map while it was being made
+
+
+def _legacy_item_done(run: Run, wf: WorkflowSpec, parent: StepExecution, fx: Effects) -> None:
+    """Maps started before lazy items have every item row: promote the next pending ones."""
     children = StepExecution.objects.filter(parent_id=parent.pk)
     active = children.filter(status__in=_ACTIVE_ITEM).count()
     limit = int(parent.state.get("max_concurrency") or 1)

@@ -441,8 +441,7 @@ def advance(run: Run, wf: WorkflowSpec, row: StepExecution, spec: StepSpec, fx: 
     """``row`` completed: start its successor, or finish its sequence."""
     if run.status not in LIVE:
         return
-    parent = row.parent if row.parent_id else None
-    if parent is not None and not parent_open(row):
+    if row.parent_id is not None and not parent_open(row):
         return  # the fan-out above it ended (a sibling failed): nothing more starts under it
     target_name = goto if goto is not None else spec.next
     if target_name == END:
@@ -454,6 +453,8 @@ def advance(run: Run, wf: WorkflowSpec, row: StepExecution, spec: StepSpec, fx: 
     else:
         target = wf.following(spec)
     if target is not None:
+        # (Not ``row.parent``: a map step's row carries its whole list of items.)
+        parent = StepExecution.objects.defer("input").get(pk=row.parent_id) if row.parent_id else None
         activate(run, wf, target, fx, parent=parent, branch=row.branch)
         if run.status == RunStatus.WAITING:
             refresh_run_status(run, fx)
@@ -501,7 +502,7 @@ def step_failed(run: Run, wf: WorkflowSpec, row: StepExecution, spec: StepSpec, 
         advance(run, wf, row, spec, fx, goto=END)
         return
     if row.parent_id is not None:
-        fail_parent(run, wf, StepExecution.objects.get(pk=row.parent_id), row.key, error, fx)
+        fail_parent(run, wf, StepExecution.objects.defer("input").get(pk=row.parent_id), row.key, error, fx)
         return
     # A fan-out failed because of one of its children: name that child (retry_run reopens it).
     finish_run(run, wf, fx, RunStatus.FAILED, error={**error, "step": error.get("step") or row.key})
