@@ -42,7 +42,7 @@ from steps.models import StepExecution
 
 from . import breaker, fake, limits
 from .models import BreakerState, LLMCall, LLMCallStatus, Provider, ProviderHealth, ProviderKind
-from .registry import Route, StaleProvider, api_key, confirmed, fresh, recently_checked
+from .registry import Route, StaleProvider, api_key, confirmed, fresh
 from .wire import ChatRequest, ChatResult, HttpRequest, ProviderError, SSEParser, classify_status, client_for
 
 logger = logging.getLogger("stevora.providers")
@@ -668,11 +668,10 @@ def _ask(route: Route, index: int, provider: Provider, checked: bool,
     """One provider of the chain: its answer, or None with the reason it did not answer in
     ``reasons`` (or its rate limit's hold in ``held``). Raises ``_Stale`` when this process's
     copy of the row turned out to be out of date (``checked``: the copy was just read).
-    A provider is skipped only on a copy read or confirmed within ``RECHECK_SECONDS``."""
+    A provider is skipped only on a copy read in this call (``checked``)."""
     model = route.model_for(index)
     key = api_key(provider)
     no_key = bool(provider.api_key_env and not key)
-    checked = checked or recently_checked(provider)
     if (not provider.enabled or no_key) and not checked:
         raise _Stale(None)
     if not provider.enabled:

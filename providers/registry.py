@@ -13,9 +13,10 @@ them again. The copy is never trusted for long or blindly:
   ``StaleProvider`` before anything is sent: the chain reads the row again and starts over
   with it. So an edit saved through the model (admin, ``load_providers``) and any
   disabling are seen by the next request of every worker;
-* a provider is skipped (disabled, key variable unset, circuit open) only on a copy read or
-  confirmed by a request within ``RECHECK_SECONDS`` (else it is read again first: ``fresh``),
-  so a skip is never decided on a row that has since been re-enabled or re-created;
+* a provider is skipped (disabled, key variable unset, circuit open) only on a copy read in
+  this very call (``fresh``): one primary-key read, paid only on the way past a provider that
+  does not answer, so a skip is never decided on a row that has since been re-enabled or
+  re-created (a copy the deleted row left behind would otherwise skip its successor);
 * an entry lives at most ``CONFIG_CACHE_SECONDS``: what an UPDATE written around the model
   changes without touching ``updated_at`` is seen within that bound.
 
@@ -62,9 +63,6 @@ class StaleProvider(Exception):  # noqa: N818 (control flow: the chain reads the
 # The longest a copy of a provider row is used without the row being checked by a request
 # (see the module docstring: requests check their provider's row anyway).
 CONFIG_CACHE_SECONDS = 10.0
-# How recent a copy must be (read, or confirmed by a request's check) for a provider to be
-# skipped on it.
-RECHECK_SECONDS = 1.0
 # name -> (time.monotonic() the row was last read or confirmed, the copy)
 _rows: dict[str, tuple[float, Provider]] = {}
 _rows_lock = threading.Lock()
@@ -80,11 +78,6 @@ def confirmed(provider: Provider) -> None:
     entry = _rows.get(provider.name)
     if entry is not None and entry[1] is provider:
         _rows[provider.name] = (time.monotonic(), provider)
-
-
-def recently_checked(provider: Provider) -> bool:
-    entry = _rows.get(provider.name)
-    return entry is not None and entry[1] is provider and time.monotonic() - entry[0] < RECHECK_SECONDS
 
 
 def forget(name: str) -> None:
