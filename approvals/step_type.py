@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from runs.engine import rows
 from runs.models import RunEvent, record
 from steps import clock, types
 from steps.templating import TemplateProblem, render_value
@@ -99,8 +100,8 @@ class ApprovalType(types.StepType):
             if isinstance(approval, types.Fail):
                 return None
             approvals.append(approval)
-        Approval.objects.bulk_create(approvals)
-        RunEvent.objects.bulk_create([self._requested(approval) for approval in approvals])
+        rows.insert(Approval, approvals)
+        rows.insert(RunEvent, [self._requested(approval) for approval in approvals])
         sent = [(approval.pk, approval.webhook_url) for approval in approvals]
 
         def announce() -> None:

@@ -240,12 +240,14 @@ def _parked_rows(run_id: Any) -> Any:
              StepExecution.objects.get(pk=approval.step_id).state == {"approval_id": approval.pk}))
 
 
-def test_a_batch_parking_on_an_approval_writes_what_single_starts_write(statuses: Any) -> None:
+@pytest.mark.parametrize("timeout", [{"timeout_seconds": 3600}, {}])
+def test_a_batch_parking_on_an_approval_writes_what_single_starts_write(statuses: Any,
+                                                                        timeout: dict[str, Any]) -> None:
     from django.test.utils import CaptureQueriesContext
 
     from runs.services import BatchItem, start_runs
 
-    load_workflow(approval_first("park-batch", approvers={"groups": ["reviewers"]}, timeout_seconds=3600))
+    load_workflow(approval_first("park-batch", approvers={"groups": ["reviewers"]}, **timeout))
     single = start_run("park-batch", {"topic": "t0"}).run.pk
     start_runs("park-batch", [BatchItem({"topic": "warm"})])
     statuses.clear()

@@ -36,6 +36,7 @@ from runs.models import IllegalTransition, Run, RunStatus
 from steps import types as step_types
 from steps.models import StepExecution, StepStatus
 
+from . import rows
 from . import transitions as t
 from .dispatch import can_publish
 from .effects import Effects
@@ -81,9 +82,9 @@ def waiting_steps(runs: dict[Any, Run], step_ids: Iterable[int], *, expected_typ
     longer waiting (a single resume would return False for it)."""
     found: dict[int, Waiting] = {}
     seen_runs: set[Any] = set()
-    rows = StepExecution.objects.filter(pk__in=list(step_ids), status=StepStatus.WAITING,
+    candidates = StepExecution.objects.filter(pk__in=list(step_ids), status=StepStatus.WAITING,
                                         type=expected_type).order_by("id")
-    for row in rows:
+    for row in candidates:
         run = runs.get(row.run_id)
         if run is None or run.status not in LIVE:
             continue
@@ -122,7 +123,7 @@ def complete_many(items: list[tuple[Waiting, dict[str, Any]]], fx: Effects, *, a
             run_id=w.run.pk, key=w.target.name, name=w.target.name, type=w.target.type, parent=None,
             branch=w.row.branch, item_index=None, visit=1, max_attempts=w.target.retry.max_attempts, ready_at=now,
             state={}, status=StepStatus.READY, dispatched_at=dispatched, priority=w.run.priority))
-    StepExecution.objects.bulk_create(successors)
+    rows.insert(StepExecution, successors)
     woke = [w.run.pk for w, _ in items if w.run.status == RunStatus.WAITING]
     if woke and Run.objects.filter(pk__in=woke, status=RunStatus.WAITING).update(
             status=RunStatus.RUNNING) != len(woke):

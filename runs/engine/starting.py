@@ -17,7 +17,7 @@ from steps import types as step_types
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import flow, hotpath
+from . import flow, hotpath, rows
 from . import transitions as t
 from .dispatch import can_publish
 from .effects import Effects
@@ -203,12 +203,12 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
                 started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
             for run_input, max_cost, max_tokens, key in items]
-    Run.objects.bulk_create(runs)
+    rows.insert(Run, runs)
     dispatched = now if can_publish() else None
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
                            dispatched_at=dispatched, priority=priority) for run in runs]
-    StepExecution.objects.bulk_create(steps)
+    rows.insert(StepExecution, steps)
     started = {"workflow": workflow.name, "version": workflow.version}
     for run, step in zip(runs, steps, strict=True):
         fx.event(run.pk, "run_started", actor=actor, data=dict(started))
@@ -236,11 +236,11 @@ def _park_runs(workflow: Workflow, wf: WorkflowSpec, inline: step_types.StepType
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
                 started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
             for run_input, max_cost, max_tokens, key in items]
-    Run.objects.bulk_create(runs)
+    rows.insert(Run, runs)
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={},
                            status=StepStatus.RUNNING, started_at=now, priority=priority) for run in runs]
-    StepExecution.objects.bulk_create(steps)
+    rows.insert(StepExecution, steps)
     started = {"workflow": workflow.name, "version": workflow.version}
     for run in runs:
         run.workflow = workflow
@@ -268,13 +268,15 @@ def _wait_many(parked: list[tuple[Run, StepExecution, step_types.Wait]], fx: Eff
     if not parked:
         return
     states = [(step, {**step.state, **outcome.state}, outcome.wake_at) for _, step, outcome in parked]
+    deadlines = [(step.pk, wake_at) for step, _, wake_at in states if wake_at is not None]
     updated = StepExecution.objects.filter(pk__in=[step.pk for step, _, _ in states],
                                            status=StepStatus.RUNNING).update(
         status=StepStatus.WAITING,
         state=Case(*(When(pk=step.pk, then=Value(state, output_field=JSONField())) for step, state, _ in states),
                    output_field=JSONField()),
-        wake_at=Case(*(When(pk=step.pk, then=Value(wake_at, output_field=DateTimeField()))
-                       for step, _, wake_at in states), output_field=DateTimeField()),
+        # (No deadline anywhere: a plain NULL; a CASE of NULLs alone would be typed text.)
+        wake_at=Case(*(When(pk=pk, then=Value(wake_at, output_field=DateTimeField())) for pk, wake_at in deadlines),
+                     output_field=DateTimeField()) if deadlines else None,
     )
     if updated != len(states):  # the rows were inserted by this transaction
         raise IllegalTransition("a new first step changed under its run's transaction")
