@@ -29,8 +29,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Case, JSONField, Value, When
-
 from runs.definitions import END, StepSpec, WorkflowSpec
 from runs.models import IllegalTransition, Run, RunStatus
 from steps import types as step_types
@@ -106,12 +104,9 @@ def complete_many(items: list[tuple[Waiting, dict[str, Any]]], fx: Effects, *, a
     if not items:
         return
     now = t.now()
-    ids = [w.row.pk for w, _ in items]
-    updated = StepExecution.objects.filter(pk__in=ids, status=StepStatus.WAITING).update(
-        status=StepStatus.COMPLETED, finished_at=now, wake_at=None,
-        output=Case(*(When(pk=w.row.pk, then=Value(output, output_field=JSONField())) for w, output in items),
-                    output_field=JSONField()),
-    )
+    updated = rows.update_each(StepExecution, "id", {"status": StepStatus.WAITING},
+                               {"status": StepStatus.COMPLETED, "finished_at": now, "wake_at": None},
+                               {"output": [(w.row.pk, output) for w, output in items]})
     if updated != len(items):  # cannot happen under the run locks; never write half of it
         raise IllegalTransition(f"{len(items) - updated} of {len(items)} steps were no longer waiting")
     dispatched = now if can_publish() else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -82,3 +82,66 @@ def insert(model: type[Model], objs: Sequence[Model]) -> None:
         for obj in part:
             obj._state.adding = False
             obj._state.db = db.alias
+
+
+def _field(model: type[Model], name: str) -> Field[Any, Any]:
+    return cast("Field[Any, Any]", model._meta.get_field(name))
+
+
+def update_each(model: type[Model], pk_field: str, guard: dict[str, Any], fixed: dict[str, Any],
+                each: dict[str, list[tuple[Any, Any]]]) -> int:
+    """One guarded UPDATE giving every row its own values: ``fixed`` columns set alike,
+    ``each[column]`` as (pk, value) pairs, for the rows whose ``guard`` columns match; the
+    number of rows updated. PostgreSQL: ``UPDATE … FROM (VALUES ($1::type, …), …)``; SQLite
+    (and any other): the ORM's ``CASE WHEN pk = … THEN …`` (what ``bulk_update`` writes)."""
+    pks = list(dict.fromkeys(pk for pairs in each.values() for pk, _ in pairs))
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql" or not pks:
+        return _update_each_orm(model, pk_field, guard, fixed, each, pks)
+    qn = db.ops.quote_name
+    meta = model._meta
+    pk_col = _field(model, pk_field)
+    columns = list(each)
+    fields = [_field(model, name) for name in columns]
+    by_pk = {name: dict(pairs) for name, pairs in each.items()}
+    params: list[Any] = []
+    rows = []
+    for pk in pks:
+        marks = [f"${len(params) + 1}::{pk_col.db_type(db)}"]
+        params.append(pk)
+        for name, f in zip(columns, fields, strict=True):
+            value = by_pk[name].get(pk)
+            params.append(f.get_db_prep_save(value, db))
+            marks.append(f"${len(params)}::{f.db_type(db)}")
+        rows.append("(" + ", ".join(marks) + ")")
+    sets = [f"{qn(f.column)} = v.{qn(f.column)}" for f in fields]
+    for name, value in fixed.items():
+        f = _field(model, name)
+        params.append(f.get_db_prep_save(value, db))
+        sets.append(f"{qn(f.column)} = ${len(params)}::{f.db_type(db)}")
+    wheres = [f"t.{qn(pk_col.column)} = v.{qn(pk_col.column)}"]
+    for name, value in guard.items():
+        f = _field(model, name)
+        params.append(value)
+        wheres.append(f"t.{qn(f.column)} = ${len(params)}")
+    names = ", ".join(qn(f.column) for f in [pk_col, *fields])
+    statement = (f"UPDATE {qn(meta.db_table)} AS t SET {', '.join(sets)} FROM (VALUES {', '.join(rows)}) "
+                 f"AS v({names}) WHERE {' AND '.join(wheres)}")
+    db.ensure_connection()
+    raw = db.connection
+    assert raw is not None
+    with db.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
+        cursor.execute(statement, params, prepare=False)
+        return int(cursor.rowcount)
+
+
+def _update_each_orm(model: type[Model], pk_field: str, guard: dict[str, Any], fixed: dict[str, Any],
+                     each: dict[str, list[tuple[Any, Any]]], pks: list[Any]) -> int:
+    from django.db.models import Case, Value, When
+
+    values: dict[str, Any] = dict(fixed)
+    for name, pairs in each.items():
+        output = _field(model, name)
+        values[name] = Case(*(When(**{pk_field: pk}, then=Value(value, output_field=output))
+                              for pk, value in pairs), output_field=output)
+    return model._default_manager.filter(**{f"{pk_field}__in": pks}, **guard).update(**values)

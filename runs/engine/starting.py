@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Case, DateTimeField, JSONField, Value, When
 
 from runs.definitions import WorkflowSpec, input_errors, spec_for
 from runs.errors import NotFound, StartError
@@ -268,16 +267,10 @@ def _wait_many(parked: list[tuple[Run, StepExecution, step_types.Wait]], fx: Eff
     if not parked:
         return
     states = [(step, {**step.state, **outcome.state}, outcome.wake_at) for _, step, outcome in parked]
-    deadlines = [(step.pk, wake_at) for step, _, wake_at in states if wake_at is not None]
-    updated = StepExecution.objects.filter(pk__in=[step.pk for step, _, _ in states],
-                                           status=StepStatus.RUNNING).update(
-        status=StepStatus.WAITING,
-        state=Case(*(When(pk=step.pk, then=Value(state, output_field=JSONField())) for step, state, _ in states),
-                   output_field=JSONField()),
-        # (No deadline anywhere: a plain NULL; a CASE of NULLs alone would be typed text.)
-        wake_at=Case(*(When(pk=pk, then=Value(wake_at, output_field=DateTimeField())) for pk, wake_at in deadlines),
-                     output_field=DateTimeField()) if deadlines else None,
-    )
+    updated = rows.update_each(
+        StepExecution, "id", {"status": StepStatus.RUNNING}, {"status": StepStatus.WAITING},
+        {"state": [(step.pk, state) for step, state, _ in states],
+         "wake_at": [(step.pk, wake_at) for step, _, wake_at in states]})
     if updated != len(states):  # the rows were inserted by this transaction
         raise IllegalTransition("a new first step changed under its run's transaction")
     waiting = [run.pk for run, _, _ in parked]
