@@ -22,7 +22,9 @@ Prints one table per phase:
    of the rest in bulk (``decide_many`` as the reviewer, a call per chunk; the ``legal``
    ones are refused): decisions/s of the deciding process alone; b: with the workers up
    (after they finished the runs of a), the other half in bulk: decisions/s, and each
-   run's time from its chunk's commit to its completion (p50/p95).
+   run's time from its chunk's commit to its completion (p50/p95); then decisions in small
+   chunks (``--resume-chunk``), each once the last one's runs finished: commit -> next step
+   started and -> run completed (p50/p95); the workers' memory before and after.
 
 Times are printed, never asserted. The workers are two Celery prefork workers (``-c 1``)
 and one beat, started and stopped by this script (only the process groups it started).
