@@ -2,7 +2,8 @@
 """A bulk decision resumes the common shape (an approval followed by a work step) set-based
 (``runs.engine.resuming``) and every other shape one by one, writing the rows a single
 decision writes: the same history, signals once per run, the same refusals, one winner
-when a single decision races it. No engine runs here: the successors stay ``ready``."""
+when a single decision races it. The tests start no engine, but one that an earlier test of
+the same session started may take the successors: "started" is ready, running or completed."""
 
 from __future__ import annotations
 
@@ -38,9 +39,14 @@ def _history(run_id: Any) -> list[tuple[str, str, str, Any]]:
             for kind, key, actor, data in rows]
 
 
+STARTED = {StepStatus.READY, StepStatus.RUNNING, StepStatus.COMPLETED}
+
+
 def _steps(run_id: Any) -> list[tuple[Any, ...]]:
-    return list(StepExecution.objects.filter(run_id=run_id).order_by("id").values_list(
-        "key", "name", "type", "status", "visit", "max_attempts", "priority", "branch", "wake_at"))
+    rows = StepExecution.objects.filter(run_id=run_id).order_by("id").values_list(
+        "key", "name", "type", "status", "visit", "max_attempts", "priority", "branch", "wake_at")
+    return [(*row[:3], "started" if row[3] in STARTED and row[0] != "review" else row[3], *row[4:])
+            for row in rows]
 
 
 def _output(run_id: Any) -> dict[str, Any]:
@@ -68,18 +74,19 @@ def test_the_set_based_resume_writes_what_a_single_decision_writes(alice: User, 
     results = decide_many([a.pk for a in bulk], user=alice, approve=True, comment="fine")
     assert [r.outcome for r in results] == ["decided"] * 4
     reference = _history(single.run_id)
+    reference = reference[:[kind for kind, *_ in reference].index("run_running") + 1]  # (an engine may go on)
     assert [kind for kind, *_ in reference][-5:] == ["approval_approved", "step_resumed", "step_completed",
                                                      "step_ready", "run_running"]
     for approval in bulk:
-        assert _history(approval.run_id) == reference
+        assert _history(approval.run_id)[:len(reference)] == reference
         assert _steps(approval.run_id) == _steps(single.run_id)
         assert _output(approval.run_id) == {**_output(single.run_id), "content": approval.content}
-        assert Run.objects.get(pk=approval.run_id).status == RunStatus.RUNNING
+        assert Run.objects.get(pk=approval.run_id).status in (RunStatus.RUNNING, RunStatus.COMPLETED)
         # The status signal (webhooks, waiters) once per run, after the commit.
         assert statuses[(str(approval.run_id), RunStatus.RUNNING)] == 1
     assert statuses[(str(single.run_id), RunStatus.RUNNING)] == 1
     after = StepExecution.objects.filter(run_id__in=[a.run_id for a in approvals], key="after")
-    assert {row.status for row in after} == {StepStatus.READY}
+    assert {row.status for row in after} <= STARTED and after.count() == 5
 
 
 def test_a_chunk_costs_a_few_statements_whatever_its_size(alice: User, django_assert_max_num_queries: Any) -> None:
@@ -90,7 +97,7 @@ def test_a_chunk_costs_a_few_statements_whatever_its_size(alice: User, django_as
         results = decide_many([a.pk for a in approvals[1:]], user=alice, approve=True)
     assert {r.outcome for r in results} == {"decided"}
     assert StepExecution.objects.filter(run_id__in=[a.run_id for a in approvals], key="after",
-                                        status=StepStatus.READY).count() == 40
+                                        status__in=STARTED).count() == 40
 
 
 def test_refusals_in_a_mixed_batch_change_nothing_and_the_rest_is_decided(alice: User, bob: User) -> None:
@@ -112,11 +119,11 @@ def test_refusals_in_a_mixed_batch_change_nothing_and_the_rest_is_decided(alice:
         assert Run.objects.get(pk=approval.run_id).status == RunStatus.WAITING
         assert _history(approval.run_id) == legal_history[approval.run_id]
     for approval in open_ones:
-        assert Run.objects.get(pk=approval.run_id).status == RunStatus.RUNNING
+        assert Run.objects.get(pk=approval.run_id).status in (RunStatus.RUNNING, RunStatus.COMPLETED)
     # Without the permission: every id refused, nothing written.
-    before = RunEvent.objects.count()
     assert {r.outcome for r in decide_many([a.pk for a in legal], user=bob, approve=True)} == {"refused"}
-    assert RunEvent.objects.count() == before
+    for approval in legal:
+        assert _history(approval.run_id) == legal_history[approval.run_id]
 
 
 def test_other_shapes_in_the_same_batch_are_resumed_one_by_one_with_the_same_rows(alice: User) -> None:
@@ -141,16 +148,16 @@ def test_other_shapes_in_the_same_batch_are_resumed_one_by_one_with_the_same_row
     assert {r.outcome for r in results} == {"decided"}, [r.reason for r in results]
     for approval in conditional:
         assert StepExecution.objects.get(run_id=approval.run_id, key="check").status == StepStatus.COMPLETED
-        assert StepExecution.objects.get(run_id=approval.run_id, key="after").status == StepStatus.READY
+        assert StepExecution.objects.get(run_id=approval.run_id, key="after").status in STARTED
     assert Run.objects.get(pk=last[0].run_id).status == RunStatus.COMPLETED
-    # Flow control still admits: one slot, so one successor ready and the other queued.
-    statuses = sorted(StepExecution.objects.filter(run_id__in=[a.run_id for a in limited], key="after")
-                      .values_list("status", flat=True))
-    assert statuses == [StepStatus.QUEUED, StepStatus.READY]
+    # Flow control still admits: one slot, so one successor admitted at once and the other queued.
+    queued = RunEvent.objects.filter(run_id__in=[a.run_id for a in limited], kind="step_queued", step_key="after")
+    assert queued.count() == 1
+    assert StepExecution.objects.filter(run_id__in=[a.run_id for a in limited], key="after").count() == 2
     assert Run.objects.get(pk=paused[0].run_id).status == RunStatus.PAUSED
     assert StepExecution.objects.get(run_id=paused[0].run_id, key="after").status == StepStatus.READY
     for approval in plain:
-        assert StepExecution.objects.get(run_id=approval.run_id, key="after").status == StepStatus.READY
+        assert StepExecution.objects.get(run_id=approval.run_id, key="after").status in STARTED
 
 
 def test_a_run_cancelled_between_the_read_and_the_decision_is_refused_and_the_rest_decided(
@@ -222,7 +229,8 @@ def test_a_single_decision_racing_the_bulk_one_exactly_one_wins(alice: User, rou
         assert row.status == (ApprovalStatus.REJECTED if single_won else ApprovalStatus.APPROVED)
         kinds = Counter(RunEvent.objects.filter(run_id=contested.run_id).values_list("kind", flat=True))
         assert kinds["approval_approved"] + kinds["approval_rejected"] == 1
-        assert kinds["step_completed"] == 1 and kinds["run_running"] == 1
+        assert kinds["run_running"] == 1
+        assert RunEvent.objects.filter(run_id=contested.run_id, kind="step_completed", step_key="review").count() == 1
         assert StepExecution.objects.filter(run_id=contested.run_id, key="after").count() == 1
         for approval in approvals:
             if approval.pk != contested.pk:
