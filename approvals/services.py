@@ -17,13 +17,13 @@ from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from runs.engine import resuming
 from runs.engine import transitions as engine
 from runs.engine.effects import Effects
-from runs.models import Run, RunStatus, record
+from runs.models import record
 from runs.services import resume_waiting_step
 from steps import types as step_types
 from steps.jsonvalues import json_problems, text_problem
-from steps.models import StepExecution, StepStatus
 
 from .models import Approval, ApprovalStatus
 
@@ -226,8 +226,10 @@ def decide_many(ids: Any, *, user: Any, approve: bool, comment: str = "", operat
     decided, expired, not found, its step no longer waiting). Refusals change nothing.
     The decided ones are written ``chunk`` at a time, each chunk one transaction: the
     runs locked in id order (the engine's lock), one guarded UPDATE of the approvals,
-    the history rows in one INSERT, each waiting step resumed through
-    ``resume_waiting_step`` (the same engine call as a single decision), the doorbells
+    the history rows in one INSERT, the waiting steps resumed set-based where the next
+    step is a work step (``runs.engine.resuming``: one UPDATE of the steps, one INSERT
+    of their successors, one UPDATE of the runs) and through ``resume_waiting_step``
+    (the same engine call as a single decision) for every other shape, the doorbells
     and status signals published once after the commit. Edited content is per approval:
     use ``decide`` for that. With ``workspace`` (the API's), ids of other workspaces are
     refused as not found. Raises ``DecisionError`` for bad input (nothing decided)
@@ -290,15 +292,11 @@ def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bo
     status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
     with transaction.atomic():
         # The engine's lock order: every run first (in id order, so two bulk calls never
-        # deadlock), then the guarded update.
-        run_ids = sorted({a.run_id for a in approvals}, key=str)
-        active = set(Run.objects.select_for_update(of=("self",), no_key=True).filter(pk__in=run_ids)
-                     .order_by("pk").filter(status__in=(RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED))
-                     .values_list("pk", flat=True))
+        # deadlock), then the guarded updates.
+        runs = resuming.lock_runs({a.run_id for a in approvals})
         now = timezone.now()
         fresh = {a.pk: a for a in Approval.objects.filter(pk__in=[a.pk for a in approvals])}
-        waiting = set(StepExecution.objects.filter(pk__in=[a.step_id for a in approvals], status=StepStatus.WAITING,
-                                                   type="approval").values_list("pk", flat=True))
+        waiting = resuming.waiting_steps(runs, [a.step_id for a in approvals], expected_type="approval")
         go: list[Approval] = []
         for approval in approvals:
             row = fresh[approval.pk]
@@ -312,7 +310,7 @@ def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bo
                 out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
                     f"approval #{row.pk} expired at {row.expires_at.isoformat()} "
                     f"(on_timeout: {row.on_timeout}); it can no longer be decided"))
-            elif row.run_id not in active or row.step_id not in waiting:
+            elif row.step_id not in waiting:
                 out[row.pk] = ItemResult(row.pk, "refused", run_id=row.run_id, reason=(
                     f"approval #{row.pk}: its step is no longer waiting; nothing was decided"))
             else:
@@ -326,6 +324,8 @@ def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bo
         if updated != len(go):  # cannot happen under the run locks; never write half a chunk
             raise DecisionError("approvals changed while being decided; nothing in this chunk was decided")
         fx = Effects()
+        together: list[tuple[resuming.Waiting, dict[str, Any]]] = []
+        one_by_one: list[tuple[Approval, dict[str, Any]]] = []
         for approval in go:
             output = {"approved": approve, "decided_by": who, "decided_at": now.isoformat(), "comment": comment,
                       "content": approval.content}
@@ -333,11 +333,20 @@ def _decide_chunk(approvals: list[Approval], *, user: Any, who: str, approve: bo
                      message=f"approval #{approval.pk} {status} by {who}" + (f": {comment}" if comment else ""),
                      data={"approval_id": approval.pk, "approved": approve, "comment": comment, "edited": False,
                            "decided_at": now.isoformat()})
+            found = waiting[approval.step_id]
+            if found.target is not None:
+                together.append((found, output))
+            else:
+                one_by_one.append((approval, output))
+            out[approval.pk] = ItemResult(approval.pk, "decided", status=status, run_id=approval.run_id)
+        # The common shape (the next step is a work step) in a few statements for all; the
+        # others through the same call as a single decision.
+        resuming.complete_many(together, fx, actor=who)
+        for approval, output in one_by_one:
             if not resume_waiting_step(approval.step_id, step_types.Complete(output), actor=who,
                                        expected_type="approval", fx=fx):
                 raise DecisionError(f"approval #{approval.pk}: its step is no longer waiting; nothing in this "
                                     f"chunk was decided")
-            out[approval.pk] = ItemResult(approval.pk, "decided", status=status, run_id=approval.run_id)
         fx.flush()
     return out
 

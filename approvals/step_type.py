@@ -9,9 +9,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from runs.models import record
+from runs.engine import rows
+from runs.models import RunEvent, record
 from steps import clock, types
-from steps.templating import render_value
+from steps.templating import TemplateProblem, render_value
 
 from .models import Approval, ApprovalStatus, OnTimeout
 from .signals import approval_requested
@@ -42,7 +43,9 @@ def timeout_output(approval: Approval, approved: bool) -> dict[str, Any]:
 class ApprovalType(types.StepType):
     name = "approval"
 
-    def activate(self, run: Run, step: StepExecution, spec: StepSpec, context: dict[str, Any]) -> types.Outcome:
+    def _request(self, run: Run, step: StepExecution, spec: StepSpec, context: dict[str, Any],
+                 now: Any) -> Approval | types.Fail:
+        """The approval row ``activate`` inserts (unsaved), or the step's failure."""
         raw = spec.raw
         content = render_value(raw.get("content"), context)
         instructions = render_value(raw.get("instructions", ""), context)
@@ -53,24 +56,60 @@ class ApprovalType(types.StepType):
         except ValueError as exc:
             return types.Fail({"type": "template_error", "message": str(exc)})
         webhook = render_value(raw.get("webhook") or "", context) or settings.STEVORA.get("APPROVAL_WEBHOOK_URL", "")
-        now = clock.now()
         expires_at = now + timedelta(seconds=float(spec.timeout_seconds)) if spec.timeout_seconds else None
-        approval = Approval.objects.create(
+        return Approval(
             step=step, run=run, workspace_id=run.workspace_id, step_key=step.key, workflow_name=run.workflow_name,
             content=content, instructions=str(instructions or ""), allowed_groups=groups, allowed_users=users,
             allow_edit=bool(raw.get("allow_edit", False)), on_timeout=raw.get("on_timeout", OnTimeout.REJECT),
             webhook_url=str(webhook or ""), expires_at=expires_at,
         )
-        record(run.pk, "approval_requested", step_key=step.key,
-               message=f"approval #{approval.pk} requested"
-                       + (f"; expires {expires_at.isoformat()}" if expires_at else ""),
-               data={"approval_id": approval.pk, "groups": groups, "users": users,
-                     "allow_edit": approval.allow_edit,
-                     "expires_at": expires_at.isoformat() if expires_at else None})
+
+    @staticmethod
+    def _requested(approval: Approval) -> RunEvent:
+        expires_at = approval.expires_at
+        return RunEvent(run_id=approval.run_id, kind="approval_requested", step_key=approval.step_key,
+                        message=f"approval #{approval.pk} requested"
+                                + (f"; expires {expires_at.isoformat()}" if expires_at else ""),
+                        data={"approval_id": approval.pk, "groups": approval.allowed_groups,
+                              "users": approval.allowed_users, "allow_edit": approval.allow_edit,
+                              "expires_at": expires_at.isoformat() if expires_at else None})
+
+    def activate(self, run: Run, step: StepExecution, spec: StepSpec, context: dict[str, Any]) -> types.Outcome:
+        approval = self._request(run, step, spec, context, clock.now())
+        if isinstance(approval, types.Fail):
+            return approval
+        approval.save(force_insert=True)
+        self._requested(approval).save(force_insert=True)
         approval_id, url = approval.pk, approval.webhook_url
         transaction.on_commit(lambda: approval_requested.send(sender=Approval, approval_id=approval_id,
                                                               webhook_url=url))
-        return types.Wait(wake_at=expires_at, state={"approval_id": approval.pk})
+        return types.Wait(wake_at=approval.expires_at, state={"approval_id": approval.pk})
+
+    def activate_many(self, items: list[tuple[Run, StepExecution]], spec: StepSpec,
+                      contexts: list[dict[str, Any]]) -> list[types.Outcome] | None:
+        """A batch of runs parking on this approval: their requests and history rows in one
+        INSERT each, the ``approval_requested`` signals after the commit. A template error
+        in any item: None (the engine activates each, and that item fails alone)."""
+        now = clock.now()
+        approvals: list[Approval] = []
+        for (run, step), context in zip(items, contexts, strict=True):
+            try:
+                approval = self._request(run, step, spec, context, now)
+            except TemplateProblem:
+                return None
+            if isinstance(approval, types.Fail):
+                return None
+            approvals.append(approval)
+        rows.insert(Approval, approvals)
+        rows.insert(RunEvent, [self._requested(approval) for approval in approvals])
+        sent = [(approval.pk, approval.webhook_url) for approval in approvals]
+
+        def announce() -> None:
+            for approval_id, url in sent:
+                approval_requested.send(sender=Approval, approval_id=approval_id, webhook_url=url)
+
+        transaction.on_commit(announce)
+        return [types.Wait(wake_at=approval.expires_at, state={"approval_id": approval.pk}) for approval in approvals]
 
     def wake(self, run: Run, step: StepExecution, spec: StepSpec) -> types.Outcome:
         """Nobody decided before ``expires_at``: expire the request and apply ``on_timeout``."""

@@ -22,7 +22,9 @@ Prints one table per phase:
    of the rest in bulk (``decide_many`` as the reviewer, a call per chunk; the ``legal``
    ones are refused): decisions/s of the deciding process alone; b: with the workers up
    (after they finished the runs of a), the other half in bulk: decisions/s, and each
-   run's time from its chunk's commit to its completion (p50/p95).
+   run's time from its chunk's commit to its completion (p50/p95); then decisions in small
+   chunks (``--resume-chunk``), each once the last one's runs finished: commit -> next step
+   started and -> run completed (p50/p95); the workers' memory before and after.
 
 Times are printed, never asserted. The workers are two Celery prefork workers (``-c 1``)
 and one beat, started and stopped by this script (only the process groups it started).
@@ -322,14 +324,14 @@ def _wait_completed(approval_ids: list[int]) -> dict[Any, Any]:
     return dict(Run.objects.filter(pk__in=runs).values_list("pk", "finished_at"))
 
 
-def decisions_alone(people: dict[str, Any], chunk: int) -> tuple[list[tuple[str, str]], list[int]]:
+def decisions_alone(people: dict[str, Any], chunk: int, bulk: int = 0) -> tuple[list[tuple[str, str]], list[int]]:
     """No worker running: what one process decides per second (the resumed steps just queue)."""
     from approvals.models import Approval
     from approvals.services import decide
 
     reviewer = people["reviewer"]
     ids = list(Approval.objects.filter(status="pending").order_by("requested_at", "id").values_list("pk", flat=True))
-    sample, half = ids[:100], ids[100:len(ids) // 2]
+    sample, half = ids[:100], ids[100:100 + bulk] if bulk else ids[100:len(ids) // 2]
     t0 = time.perf_counter()
     for approval_id in sample:
         decide(approval_id, user=reviewer, approve=True)
@@ -344,7 +346,67 @@ def decisions_alone(people: dict[str, Any], chunk: int) -> tuple[list[tuple[str,
     ], sample + half
 
 
-def decisions(people: dict[str, Any], chunk: int, earlier: list[int]) -> list[tuple[str, str]]:
+def group_rss(pgids: set[int]) -> int:
+    """Resident memory (bytes) of every process in these process groups (a worker and its pool)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                raw = f.read()
+            if int(raw[raw.rindex(")") + 2:].split()[2]) not in pgids:
+                continue
+            with open(f"/proc/{entry.name}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def resume_latency(people: dict[str, Any], chunk: int, sample: int) -> list[tuple[str, str]]:
+    """Decisions arriving in small chunks while the rest stays parked: each chunk's commit to
+    its runs' next step starting and to their completion, the queue empty before each chunk."""
+    from approvals.models import Approval
+    from steps.models import StepExecution
+
+    reviewer = people["reviewer"]
+    pending = Approval.objects.filter(status="pending", workflow_name="scale-parked")
+    parked = pending.count()
+    ids = list(pending.order_by("requested_at", "id").values_list("pk", flat=True)[:sample])
+    to_start: list[float] = []
+    to_done: list[float] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        _, _, _, commits = _bulk(part, reviewer, chunk)
+        finished = _wait_completed(list(commits))
+        run_of = dict(Approval.objects.filter(pk__in=list(commits)).values_list("pk", "run_id"))
+        started = dict(StepExecution.objects.filter(run_id__in=list(run_of.values()), key="after")
+                       .values_list("run_id", "started_at"))
+        for approval_id, committed in commits.items():
+            run_id = run_of[approval_id]
+            if (began := started.get(run_id)) is not None:
+                to_start.append(began.timestamp() - committed)
+            if finished.get(run_id) is not None:
+                to_done.append(finished[run_id].timestamp() - committed)
+    elapsed = time.perf_counter() - t0
+
+    def pct(values: list[float], p: float) -> str:
+        values = sorted(values)
+        return ms(values[min(len(values) - 1, int(p * len(values)))]) if values else "n/a"
+
+    return [
+        ("parked while measuring", f"{parked:,} pending approvals"),
+        (f"decisions in chunks of {chunk}", f"{len(ids):,} in {elapsed:.1f} s (each chunk waits for the last)"),
+        ("chunk commit -> next step started, p50 / p95", f"{pct(to_start, 0.5)} / {pct(to_start, 0.95)}"),
+        ("chunk commit -> run completed, p50 / p95", f"{pct(to_done, 0.5)} / {pct(to_done, 0.95)}"),
+    ]
+
+
+def decisions(people: dict[str, Any], chunk: int, earlier: list[int],
+              limit: int | None = None) -> list[tuple[str, str]]:
     from approvals.models import Approval
 
     t0 = time.perf_counter()
@@ -352,6 +414,8 @@ def decisions(people: dict[str, Any], chunk: int, earlier: list[int]) -> list[tu
     drain_s = time.perf_counter() - t0
     reviewer = people["reviewer"]
     rest = list(Approval.objects.filter(status="pending").order_by("requested_at", "id").values_list("pk", flat=True))
+    if limit is not None:
+        rest = rest[:limit]
     decided, refused, bulk_s, commits = _bulk(rest, reviewer, chunk)
     finished = _wait_completed(list(commits))
     run_of = dict(Approval.objects.filter(pk__in=list(commits)).values_list("pk", "run_id"))
@@ -381,6 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending-rows", type=int, default=0,
                         help="then measure the list pages again with this many more pending approvals, inserted "
                              "as copies of parked rows (fast; deleted before phase 3) [0]")
+    parser.add_argument("--bulk", type=int, default=0,
+                        help="ids decided in bulk in 4a and again in 4b (0: half of the pending each) [0]")
+    parser.add_argument("--resume-chunk", type=int, default=20,
+                        help="4b: then decisions in chunks of this many, each once the last one's runs finished [20]")
+    parser.add_argument("--resume-sample", type=int, default=400,
+                        help="4b: how many decisions the resume-latency measure takes (0: skip it) [400]")
+    parser.add_argument("--skip-batch", action="store_true", help="skip phase 3 (batch starts)")
     parser.add_argument("--skip-decisions", action="store_true", help="phases 1-3 only (no workers)")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER))
@@ -414,13 +485,23 @@ def main(argv: list[str] | None = None) -> int:
                   lists(people))
             unfill()
             vacuum()
-        table("3. batch starts (no worker running; first step a no-op task)", batch_starts(args.batch, people, queue))
+        if not args.skip_batch:
+            table("3. batch starts (no worker running; first step a no-op task)",
+                  batch_starts(args.batch, people, queue))
         if not args.skip_decisions:
-            rows, earlier = decisions_alone(people, args.chunk)
+            rows, earlier = decisions_alone(people, args.chunk, args.bulk)
             table("4a. decisions, no worker running (one process alone)", rows)
             cluster = Cluster("stevora", dict(os.environ), workers=args.workers).start()
             try:
-                table(f"4b. decisions with {args.workers} workers running", decisions(people, args.chunk, earlier))
+                groups = {p.pid for p in cluster.workers}
+                time.sleep(5)
+                rss_before = group_rss(groups)
+                rows = decisions(people, args.chunk, earlier, args.bulk or None)
+                if args.resume_sample:
+                    rows += resume_latency(people, args.resume_chunk, args.resume_sample)
+                rows.append((f"worker memory ({args.workers} workers with their pools), before / after",
+                             f"{rss_before / 2**20:,.0f} MB / {group_rss(groups) / 2**20:,.0f} MB"))
+                table(f"4b. decisions with {args.workers} workers running", rows)
             finally:
                 cluster.stop()
     finally:

@@ -109,6 +109,13 @@ class StepType:
         """Inline types: called inside the engine's transaction with the new step row."""
         raise NotImplementedError
 
+    def activate_many(self, items: list[tuple[Run, StepExecution]], spec: StepSpec,
+                      contexts: list[dict[str, Any]]) -> list[Outcome] | None:
+        """Inline types, optionally: ``activate`` for the first steps of a batch of runs (one
+        workflow, inserted together), writing the same rows in a few statements for all;
+        an outcome per item. None (the default): the engine calls ``activate`` for each."""
+        return None
+
     def wake(self, run: Run, step: StepExecution, spec: StepSpec) -> Outcome:
         """Inline types: ``wake_at`` passed while waiting (timer done, timeout)."""
         return Fail({"type": "timeout", "message": f"step {step.key} timed out while waiting"})

@@ -39,6 +39,8 @@ def on_run_status_changed(sender: Any, run_id: Any, status: str, **kwargs: Any) 
 def on_approval_requested(sender: Any, approval_id: Any, webhook_url: str = "", **kwargs: Any) -> None:
     """The step's own webhook (stored on the approval), the global URL and the subscribers."""
     try:
+        if not webhook_url and not anyone_subscribes():
+            return  # no step URL, no global URL (``webhook_url`` includes it), no subscriber: no delivery
         run_id = Approval.objects.values_list("run_id", flat=True).get(pk=approval_id)
         announce_latest(run_id, "approval_requested", data__approval_id=approval_id)
     except Exception:

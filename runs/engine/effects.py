@@ -20,6 +20,7 @@ from django.db import transaction
 from runs.models import Run, RunEvent
 from runs.signals import run_status_changed
 
+from . import rows
 from .dispatch import dispatch_steps, dispatch_wakes
 from .faults import fault_point
 
@@ -77,7 +78,7 @@ class Effects:
             self.history.extend(self.queued_here.values())  # queued, and still waiting
             self.queued_here = {}
         if self.history:
-            RunEvent.objects.bulk_create(self.history)
+            rows.insert(RunEvent, self.history)
             self.history = []
         if self.dispatch or self.urgent or self.countdowns or self.wakes or self.after_commit or self.status_changes:
             transaction.on_commit(self.publish)

@@ -11,12 +11,12 @@ from django.db import IntegrityError, transaction
 
 from runs.definitions import WorkflowSpec, input_errors, spec_for
 from runs.errors import NotFound, StartError
-from runs.models import DEFAULT_WORKSPACE_SLUG, Run, RunEvent, RunStatus, Workflow, Workspace
+from runs.models import DEFAULT_WORKSPACE_SLUG, IllegalTransition, Run, RunEvent, RunStatus, Workflow, Workspace
 from steps import types as step_types
 from steps.models import StepExecution, StepStatus
 from steps.templating import TemplateProblem
 
-from . import flow, hotpath
+from . import flow, hotpath, rows
 from . import transitions as t
 from .dispatch import can_publish
 from .effects import Effects
@@ -185,6 +185,10 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
     IntegrityError (the caller retries)."""
     wf = spec_for(workflow)
     first = wf.steps[0]
+    inline = step_types.get(first.type)
+    # (A new run has no rows: its first step is visit 1 even where a jump can come back to it.)
+    if wf.concurrency is None and inline is not None and not inline.work and first.type not in t.CONTROL_TYPES:
+        return _park_runs(workflow, wf, inline, items, fx, actor=actor, priority=priority)
     if not step_types.is_work(first.type) or wf.concurrency is not None or first.concurrency is not None:
         runs = []
         for run_input, _cost, _tokens, key in items:
@@ -198,12 +202,12 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
                 status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
                 started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
             for run_input, max_cost, max_tokens, key in items]
-    Run.objects.bulk_create(runs)
+    rows.insert(Run, runs)
     dispatched = now if can_publish() else None
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
                            dispatched_at=dispatched, priority=priority) for run in runs]
-    StepExecution.objects.bulk_create(steps)
+    rows.insert(StepExecution, steps)
     started = {"workflow": workflow.name, "version": workflow.version}
     for run, step in zip(runs, steps, strict=True):
         fx.event(run.pk, "run_started", actor=actor, data=dict(started))
@@ -213,6 +217,75 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
         if priority:
             fx.priorities[step.pk] = priority
     return runs
+
+
+def _park_runs(workflow: Workflow, wf: WorkflowSpec, inline: step_types.StepType,
+               items: list[tuple[Any, Decimal | None, int | None, str | None]], fx: Effects, *, actor: str,
+               priority: int | None) -> list[Run]:
+    """``create_runs`` when the first step is inline (an approval): the runs and their first
+    steps in one INSERT each, the step type's ``activate_many`` (one INSERT of its requests),
+    then — for the steps that wait, the common case — one UPDATE of the steps and one of the
+    runs (now ``waiting``), with the history rows and signals ``create_run`` and
+    ``transitions.activate`` write for each. Any other outcome takes
+    ``transitions.apply_outcome`` for its run, as a single start would."""
+    first = wf.steps[0]
+    priority = wf.priority if priority is None else priority
+    now = t.now()
+    runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+                status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
+                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
+            for run_input, max_cost, max_tokens, key in items]
+    rows.insert(Run, runs)
+    steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
+                           max_attempts=first.retry.max_attempts, ready_at=now, state={},
+                           status=StepStatus.RUNNING, started_at=now, priority=priority) for run in runs]
+    rows.insert(StepExecution, steps)
+    started = {"workflow": workflow.name, "version": workflow.version}
+    for run in runs:
+        run.workflow = workflow
+        fx.event(run.pk, "run_started", actor=actor, data=dict(started))
+        fx.status_changes.append((run.pk, RunStatus.RUNNING))
+    pairs = list(zip(runs, steps, strict=True))
+    outcomes = inline.activate_many(pairs, first, [t.template_context(run, step) for run, step in pairs])
+    if outcomes is None:
+        for run, step in pairs:
+            t.start_inline(run, wf, first, step, fx)
+        return runs
+    parked: list[tuple[Run, StepExecution, step_types.Wait]] = []
+    for (run, step), outcome in zip(pairs, outcomes, strict=True):
+        if isinstance(outcome, step_types.Wait):
+            parked.append((run, step, outcome))
+        else:
+            t.apply_outcome(run, wf, first, step, outcome, fx)
+    _wait_many(parked, fx, now)
+    return runs
+
+
+def _wait_many(parked: list[tuple[Run, StepExecution, step_types.Wait]], fx: Effects, now: Any) -> None:
+    """``transitions.apply_outcome`` for a ``Wait`` of many new first steps, then
+    ``refresh_run_status`` (their only open step waits: each run is ``waiting``)."""
+    if not parked:
+        return
+    states = [(step, {**step.state, **outcome.state}, outcome.wake_at) for _, step, outcome in parked]
+    updated = rows.update_each(
+        StepExecution, "id", {"status": StepStatus.RUNNING}, {"status": StepStatus.WAITING},
+        {"state": [(step.pk, state) for step, state, _ in states],
+         "wake_at": [(step.pk, wake_at) for step, _, wake_at in states]})
+    if updated != len(states):  # the rows were inserted by this transaction
+        raise IllegalTransition("a new first step changed under its run's transaction")
+    waiting = [run.pk for run, _, _ in parked]
+    if Run.objects.filter(pk__in=waiting, status=RunStatus.RUNNING).update(status=RunStatus.WAITING) != len(waiting):
+        raise IllegalTransition("a new run changed under its transaction")
+    for (run, step, _), (_, state, wake_at) in zip(parked, states, strict=True):
+        step.status, step.state, step.wake_at = StepStatus.WAITING, state, wake_at
+        if wake_at is not None:
+            delay = (wake_at - now).total_seconds()
+            if delay <= 60:
+                fx.wakes.append((step.pk, delay))
+        fx.event(run.pk, "step_waiting", step.key, data={"wake_at": wake_at.isoformat() if wake_at else None})
+        fx.event(run.pk, f"run_{RunStatus.WAITING}")
+        fx.status_changes.append((run.pk, RunStatus.WAITING))
+        run.status = RunStatus.WAITING
 
 
 def start_child_run(parent: Run, step: StepExecution, name: str, version: int | None, run_input: Any,
