@@ -89,10 +89,10 @@ def main() -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from providers.chain import Scope, complete
+    from providers.chain import Scope, complete, http_client
     from providers.models import BreakerState, LLMCall, Provider, ProviderHealth
-    from providers.registry import resolve
-    from providers.wire import ChatRequest
+    from providers.registry import api_key, resolve
+    from providers.wire import ChatRequest, client_for
     from runs.engine.executor import process_step
     from runs.services import load_workflow, start_run
     from tests.support.llm_server import LLMServer
@@ -181,7 +181,25 @@ def main() -> None:
             quick = median_ms([w - s for w, s, _ in no_wait])
             print(f"    overhead without the commit's wait for the disk (synchronous_commit off)  {quick:8.2f} ms")
             print(f"    => the durable commit's wait   {overhead - quick:8.2f} ms")
+        bare = [bare_request() for _ in range(args.n)]
+        bare_overhead = median_ms([w - s for w, s, _ in bare])
+        bare_cpu = median_ms([c for _, _, c in bare])
+        print(f"    baseline: the same request by the same pooled httpx client, JSON decoded, no records: "
+              f"{bare_overhead:.2f} ms (wall - server), {bare_cpu:.2f} ms CPU")
+        print(f"    => what the chain adds to the HTTP request: {overhead - bare_overhead:.2f} ms wall, "
+              f"{cpu - bare_cpu:.2f} ms of this thread's CPU")
         print()
+
+    def bare_request() -> tuple[float, float, float]:
+        """The HTTP request any client makes (what ``providers.chain._send`` sends), alone."""
+        fallback = Provider.objects.get(name="fallback")
+        http = client_for(fallback.kind).build(fallback, fallback.model, req, api_key(fallback))
+        served = server.server_seconds
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        http_client().post(http.url, headers=http.headers, json=http.body).json()
+        wall = time.perf_counter() - t0
+        return wall, server.server_seconds - served, time.thread_time() - c0
 
     if args.chain_only:
         load = os.getloadavg()
