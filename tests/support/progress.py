@@ -2,8 +2,9 @@
 
 ``bin/test`` runs its passes side by side, each writing its pytest output to a log;
 this plugin (``-p tests.support.progress``, active when ``STEVORA_TEST_PROGRESS`` names a
-file) rewrites that file with ``done total failed`` after every test, so the script can
-draw one live line for all passes. Under xdist the controller sees every worker's
+file) rewrites that file with ``done total failed`` after every test, then the ids of the
+failed tests one per line, so the script can draw one live line for all passes and name a
+failure as soon as it happens. Under xdist the controller sees every worker's
 reports, so it alone writes.
 """
 
@@ -26,6 +27,7 @@ def _write() -> None:
     tmp = f"{_PATH}.tmp"
     with open(tmp, "w") as f:
         f.write(f"{_state['done']} {_state['total']} {len(_failed)}\n")
+        f.writelines(f"{nodeid}\n" for nodeid in sorted(_failed))
     os.replace(tmp, _PATH)
 
 
