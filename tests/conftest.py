@@ -119,7 +119,7 @@ def reserved_tags(client: Any, queue: str) -> list[bytes]:
 def _session_engine(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Proc]:
     with django_db_blocker.unblock():
         purge_queue()
-    proc = make_engine()  # started by the first test that asks for ``engine``
+    proc = make_engine().start()
     yield proc
     proc.stop()
     with django_db_blocker.unblock():
@@ -152,7 +152,7 @@ def engine(_session_engine: Proc, transactional_db: Any) -> Iterator[Proc]:
 def fresh_engine(transactional_db: Any, _session_engine: Proc) -> Iterator[Any]:
     """Engines a test owns (to kill); the shared one is stopped meanwhile, and started again
     only when a later test asks for ``engine`` (the tests are ordered so that those come
-    after: see ``pytest_collection_modifyitems``)."""
+    first: see ``pytest_collection_modifyitems``)."""
     if _session_engine.alive():
         _session_engine.stop()
     purge_queue()
@@ -170,16 +170,14 @@ def fresh_engine(transactional_db: Any, _session_engine: Proc) -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start their own engines first, then those sharing the session's engine,
-    then those needing none: a worker process starts the shared engine once instead of
-    stopping and starting it around every test that owns engines (each start is a Django
-    process start, ~2 s of CPU), and the long kill tests are handed out first, so that xdist
-    balances the short ones over its processes at the end. The order within each group is
-    the files' order."""
+    """Tests without an engine first, then those sharing the session's engine, then those
+    starting their own: a worker process starts the shared engine once instead of stopping
+    and starting it around every test that owns engines (each start is a Django process
+    start, ~2 s of CPU). The order within each group is the files' order."""
 
     def group(item: pytest.Item) -> int:
         names = getattr(item, "fixturenames", ())
-        return 0 if "fresh_engine" in names else 1 if "engine" in names else 2
+        return 2 if "fresh_engine" in names else 1 if "engine" in names else 0
 
     items.sort(key=group)
 
