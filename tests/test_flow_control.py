@@ -117,7 +117,12 @@ def test_a_workflow_key_never_has_more_than_its_limit_active(engine: Any, workfl
     for run_id in ids:
         spans[customers[run_id]].append((first[run_id], last[run_id]))
     assert sorted(spans) == ["c0", "c1"]
-    assert {key: max_overlap(s) for key, s in spans.items()} == {"c0": 2, "c1": 2}
+    overlaps = {key: max_overlap(s) for key, s in spans.items()}
+    assert all(overlap <= 2 for overlap in overlaps.values()), overlaps
+    # ...and the limit is a limit, not a lock: runs of a key did run two at a time (on a machine
+    # loaded enough, one key's runs may happen never to overlap; both never doing so would mean
+    # admission let one in at a time).
+    assert max(overlaps.values()) == 2, overlaps
     queued = RunEvent.objects.filter(run_id__in=ids, kind="run_queued")
     assert queued.exists() and "concurrency slot" in queued.first().message  # type: ignore[union-attr]
     # Every queued run was admitted once, as a run_started saying so.
