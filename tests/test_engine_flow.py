@@ -583,7 +583,8 @@ def test_cancel_a_waiting_run_cancels_its_child_runs_too(engine: Any, workflow: 
 
 def test_pause_holds_the_next_step_and_resume_lets_it_run(engine: Any, workflow: Any, ledger: Path) -> None:
     workflow({"name": "pausable", "steps": [
-        task(f"s{i}", "test.ledger", config={"sleep": 0.5 if i == 0 else 0, "ledger": str(ledger)})
+        # s0 runs long enough for the pause to land while it runs, on a loaded machine too.
+        task(f"s{i}", "test.ledger", config={"sleep": 3 if i == 0 else 0, "ledger": str(ledger)})
         for i in range(3)]})
     run = start_run("pausable", {}).run
     wait_for_step(run, "s0", "running")
