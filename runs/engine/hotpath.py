@@ -54,15 +54,8 @@ import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import (
-    BooleanField,
-    CharField,
-    DateTimeField,
     Field,
-    ForeignKey,
-    IntegerField,
     Model,
-    TextField,
-    UUIDField,
 )
 from django.utils import timezone
 
@@ -73,6 +66,7 @@ from steps import types as step_types
 from steps.models import StepExecution, StepStatus
 
 from .revisits import revisitable
+from .rows import AS_IS
 
 _NOT_APPLICABLE = object()
 
@@ -156,12 +150,6 @@ def _db() -> BaseDatabaseWrapper:
     return connections[DEFAULT_DB_ALIAS]
 
 
-# Columns whose model value psycopg takes as it is (Django's get_db_prep_save would hand it
-# over unchanged on PostgreSQL, after several calls per column). JSON, decimals and any
-# other field go through the field's own get_db_prep_save.
-_AS_IS = (CharField, TextField, IntegerField, DateTimeField, UUIDField, BooleanField, ForeignKey)
-
-
 @functools.cache
 def _attnames(model: type[Model]) -> list[str]:
     """The primary key's attname followed by ``_fields``' (the order ``_row`` returns)."""
@@ -174,7 +162,7 @@ def _attnames(model: type[Model]) -> list[str]:
 
 @functools.cache
 def _preps(model: type[Model]) -> list[tuple[Field[Any, Any], bool]]:
-    return [(f, isinstance(f, _AS_IS)) for f in _fields(model)]
+    return [(f, isinstance(f, AS_IS)) for f in _fields(model)]
 
 
 def _values(obj: Model, params: list[Any], db: BaseDatabaseWrapper) -> None:

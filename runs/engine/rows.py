@@ -33,8 +33,10 @@ from django.db.models import (
     UUIDField,
 )
 
-# Columns whose model value psycopg takes as it is (the same list as hotpath's).
-_AS_IS = (CharField, TextField, IntegerField, DateTimeField, UUIDField, BooleanField, ForeignKey)
+# Columns whose model value psycopg takes as it is (Django's get_db_prep_save would hand it
+# over unchanged on PostgreSQL, after several calls per column). JSON, decimals and any
+# other field go through the field's own get_db_prep_save. Also hotpath's.
+AS_IS = (CharField, TextField, IntegerField, DateTimeField, UUIDField, BooleanField, ForeignKey)
 _MAX_PARAMS = 65_535  # PostgreSQL's limit per statement
 
 
@@ -48,7 +50,7 @@ def _plan(model: type[Model]) -> tuple[list[tuple[Field[Any, Any], bool]], str, 
     fields = [f for f in model._meta.local_concrete_fields if f is not auto]
     head = f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
     returning = f" RETURNING {qn(auto.column)}" if auto is not None else ""
-    return [(f, isinstance(f, _AS_IS)) for f in fields], head, returning
+    return [(f, isinstance(f, AS_IS)) for f in fields], head, returning
 
 
 def insert(model: type[Model], objs: Sequence[Model]) -> None:

@@ -198,11 +198,7 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
         return runs
     priority = wf.priority if priority is None else priority
     now = t.now()
-    runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
-                status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
-                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
-            for run_input, max_cost, max_tokens, key in items]
-    rows.insert(Run, runs)
+    runs = _insert_runs(workflow, items, actor=actor, priority=priority, now=now)
     dispatched = now if can_publish() else None
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={}, status=StepStatus.READY,
@@ -219,6 +215,17 @@ def create_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int |
     return runs
 
 
+def _insert_runs(workflow: Workflow, items: list[tuple[Any, Decimal | None, int | None, str | None]], *,
+                 actor: str, priority: int, now: Any) -> list[Run]:
+    """The batch's runs (``running``, started ``now``), in one INSERT."""
+    runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
+                status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
+                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
+            for run_input, max_cost, max_tokens, key in items]
+    rows.insert(Run, runs)
+    return runs
+
+
 def _park_runs(workflow: Workflow, wf: WorkflowSpec, inline: step_types.StepType,
                items: list[tuple[Any, Decimal | None, int | None, str | None]], fx: Effects, *, actor: str,
                priority: int | None) -> list[Run]:
@@ -231,11 +238,7 @@ def _park_runs(workflow: Workflow, wf: WorkflowSpec, inline: step_types.StepType
     first = wf.steps[0]
     priority = wf.priority if priority is None else priority
     now = t.now()
-    runs = [Run(workspace_id=workflow.workspace_id, workflow=workflow, workflow_name=workflow.name,
-                status=RunStatus.RUNNING, input=run_input, idempotency_key=key or None, created_by=actor,
-                started_at=now, max_cost_usd=max_cost, max_tokens=max_tokens, priority=priority)
-            for run_input, max_cost, max_tokens, key in items]
-    rows.insert(Run, runs)
+    runs = _insert_runs(workflow, items, actor=actor, priority=priority, now=now)
     steps = [StepExecution(run_id=run.pk, key=first.name, name=first.name, type=first.type, branch="", visit=1,
                            max_attempts=first.retry.max_attempts, ready_at=now, state={},
                            status=StepStatus.RUNNING, started_at=now, priority=priority) for run in runs]
